@@ -1,0 +1,45 @@
+"""Fixtures for the source tests: the loopback MP API and an environment that cannot reach the internet."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _load_mp_server():
+    """tests/ is not a package; load tests/mp_server.py by path (once) so any rootdir/import mode works."""
+    if "mp_server" not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "mp_server.py"
+        spec = importlib.util.spec_from_file_location("mp_server", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["mp_server"] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules["mp_server"]
+
+
+mp_server_module = _load_mp_server()
+
+
+@pytest.fixture
+def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME (mp-api's dataset cache and ~/.mprester.log.yaml) in a temp dir; no key or endpoint from env."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("MP_API_KEY", "MP_API_ENDPOINT", "PMG_MAPI_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def mp_server(offline_home: Path) -> Iterator[mp_server_module.MPServer]:
+    """A started loopback MP API with 30 real MP documents (10 per kind); stopped after the test."""
+    server = mp_server_module.MPServer(mp_server_module.build_documents(10)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
