@@ -33,13 +33,17 @@ def shards_dir(workdir: Path, snapshot_dir: Path, features_dir: Path, cfg: Shard
 
 
 def _join_features(records: pd.DataFrame, features_dir: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
-    """Attach composition features to records by material key; records whose featurization failed
-    are returned separately (they are errors of the features stage, reported, not lost)."""
-    from metalearn.featurize import composition_feature_names, material_keys
+    """Attach composition features to records through the features stage's record -> material key map.
+
+    Records whose featurization failed are returned separately: they are errors of the features
+    stage (with reasons in its errors.parquet), reported in the shards' excluded table, not lost.
+    """
+    from metalearn.featurize import composition_feature_names
 
     names = composition_feature_names()
     features = io.read_parquet(features_dir / "features.parquet", columns=[S.MATERIAL_KEY, *names])
-    keyed = records.assign(**{S.MATERIAL_KEY: material_keys(records)})
+    keys = io.read_parquet(features_dir / "record_keys.parquet", columns=[S.RECORD_ID, S.MATERIAL_KEY])
+    keyed = records.merge(keys, on=S.RECORD_ID, how="left", validate="one_to_one")
     joined = keyed.merge(features, on=S.MATERIAL_KEY, how="left", validate="many_to_one")
     missing = joined[names].isna().all(axis=1)
     return joined[~missing].reset_index(drop=True), names, joined.loc[missing, [S.RECORD_ID, S.DATASET_ID]]

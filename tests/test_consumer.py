@@ -159,3 +159,12 @@ def test_zero_one_targets_without_a_classifier_ask_for_task_type():
 def test_support_only_formulas_from_the_bundle_featurize_without_nan(predictor):
     x = predictor.features(FORMULAS)
     assert x.shape == (len(FORMULAS), len(predictor.feature_names)) and np.isfinite(x).all()
+
+
+def test_the_predictor_and_table_checks_are_still_importable_from_consumer():
+    from metalearn import consumer, predictor
+
+    for name in ("Predictor", "check_table", "choose_task_type", "featurizer_config", "resolve_formulas",
+                 "FEATURIZER_FILE", "ROLE", "SUPPORT", "QUERY"):
+        assert getattr(consumer, name) is getattr(predictor, name), name
+    assert all(hasattr(consumer, name) for name in consumer.__all__)

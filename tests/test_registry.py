@@ -155,15 +155,14 @@ def test_promotion_gate_against_baseline_then_champion(store):
     assert registry.promote(v6, cfg)["decision"] == "already_champion"
 
 
-def test_paired_gate_margin_is_relative_to_the_reference_median():
-    cfg = RegistryConfig(min_improvement=0.05)
-    scores = scores_table({"cand": [0.96] * 4, "ref": [1.0] * 4})
-    gate = registry.paired_gate(scores, "cand", "ref", cfg)
-    assert gate["win_rate"] == 1.0 and gate["relative_improvement"] == pytest.approx(0.04, abs=1e-3)
-    assert not gate["passed"]
-    assert registry.paired_gate(scores, "cand", "ref", RegistryConfig(min_improvement=0.03))["passed"]
-    missing = registry.paired_gate(scores, "cand", "knn", cfg)
-    assert not missing["passed"] and "knn" in missing["reason"]
+def test_names_moved_out_of_the_registry_are_still_importable_from_it():
+    from metalearn import promotion, run_record
+
+    # The gate's own tests (tests/test_promotion.py) need no MLflow; registry re-exports it.
+    assert registry.paired_gate is promotion.paired_gate and registry.eval_protocol is promotion.eval_protocol
+    assert registry.RegistryConfig is promotion.RegistryConfig is RegistryConfig
+    assert registry.git_commit is run_record.git_commit and registry.pip_requirements is run_record.pip_requirements
+    assert all(hasattr(registry, name) for name in registry.__all__)
 
 
 def in_process(store, formulas: list[str], targets: np.ndarray, n_support: int, task_type: str) -> pd.DataFrame:
