@@ -67,3 +67,10 @@ def save_learner(learner: Learner, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save({"name": learner.name, "state": learner.state_dict()}, buffer)
     write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+def load_learner(path: Path, **kwargs: Any) -> Learner:
+    """Rebuild a learner written by :func:`save_learner` through the factory in ``metalearn.learners``."""
+    from metalearn.learners import load_learner as load  # lazy: the factory imports this module
+
+    return load(path, **kwargs)
