@@ -61,8 +61,9 @@ class Learner(Protocol):
 
 def save_learner(learner: Learner, path: Path) -> None:
     """Save via torch.save of the learner's state_dict (weights + config, no pickled classes)."""
-    from metalearn.io import write_bytes_atomic
     import io
+
+    from metalearn.io import write_bytes_atomic
 
     buffer = io.BytesIO()
     torch.save({"name": learner.name, "state": learner.state_dict()}, buffer)

@@ -1,9 +1,8 @@
-"""MAML family as pure functions of (params, tensors), plus a thin learner class.
+"""The MAML-family learner: ``MAMLConfig`` and the ``MAML`` class (optimiser, device, state).
 
-One ``task_loss``; ``inner_adapt`` takes ``torch.func.grad`` steps on the support loss;
-``query_losses`` ``vmap``s adaptation + query loss over the T tasks of a meta-batch. The outer
-gradient is ordinary autograd through all of it, so second order comes for free and first order
-is a ``detach`` of the inner gradients. Variants (``MAMLConfig.algorithm``):
+The maths lives in ``maml_functional.py`` as pure torch.func functions (``task_loss``,
+``inner_adapt``, ``query_losses``, ``meta_gradients``); they are re-exported here so
+``from metalearn.learners.maml import query_losses`` keeps working. Variants (``MAMLConfig.algorithm``):
 
 - ``"maml"``: all parameters adapted with one scalar inner lr (``first_order=True`` is FOMAML);
 - ``"metasgd"``: a learned inner lr per parameter element (Li et al. 2017);
@@ -20,15 +19,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call
 
 from metalearn.learners.base import Prediction
+from metalearn.learners.maml_functional import (
+    Params,
+    inner_adapt,
+    meta_gradients,
+    query_losses,
+    task_loss,
+)
 from metalearn.models import MLP, head_keys, param_dict, resolve_device, seeded_module
 from metalearn.sampling import TaskBatch
 
-Params = dict[str, torch.Tensor]
 ALGORITHMS = ("maml", "metasgd", "anil")
 TASK_TYPES = ("regression", "classification")
 
@@ -61,128 +65,19 @@ class MAMLConfig:
             raise ValueError(f"inner steps must be >= 0; got {self.inner_steps}, {self.test_inner_steps}")
 
 
-def task_loss(
-    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, task_type: str
-) -> torch.Tensor:
-    """Mean loss of one task: x (n, F), y (n,) -> scalar. MSE, or BCE-with-logits for 0/1 targets."""
-    out = functional_call(model, params, (x,)).squeeze(-1)
-    if out.dtype in (torch.bfloat16, torch.float16):  # autocast output: take the loss in float32
-        out = out.float()
-    if task_type == "regression":
-        return F.mse_loss(out, y)
-    return F.binary_cross_entropy_with_logits(out, y)
+def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with its state tensors copied to CPU.
 
-
-def _partial_loss(
-    adapted: Params, fast: Params, model: nn.Module, x: torch.Tensor, y: torch.Tensor, task_type: str
-) -> torch.Tensor:
-    """task_loss as a function of the adapted subset only (what ``grad`` differentiates)."""
-    return task_loss(model, {**fast, **adapted}, x, y, task_type)
-
-
-def inner_adapt(
-    model: nn.Module,
-    params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
-    *,
-    task_type: str,
-    steps: int,
-    first_order: bool = False,
-) -> Params:
-    """``steps`` gradient steps on the support loss: x_s (k, F), y_s (k,) -> adapted params.
-
-    Only the keys of ``lrs`` are adapted (all of them for MAML, the head for ANIL); a value is a
-    scalar lr or a tensor shaped like its parameter (Meta-SGD).
+    Why a copy: ``state_dict()`` returns the live moment tensors, which the next step updates in
+    place; a saved snapshot must not change afterwards. ``Optimizer.load_state_dict`` casts them
+    back to each parameter's device (a fused optimiser's ``step`` included).
     """
-    fast = dict(params)
-    for _ in range(steps):
-        adapted = {k: fast[k] for k in lrs}
-        grads = grad(_partial_loss)(adapted, fast, model, x_s, y_s, task_type)
-        if first_order:
-            # Why detach: the outer gradient then treats the inner gradient as a constant (FOMAML).
-            grads = {k: g.detach() for k, g in grads.items()}
-        fast = {**fast, **{k: adapted[k] - lrs[k] * grads[k] for k in lrs}}
-    return fast
-
-
-def query_losses(
-    model: nn.Module,
-    params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
-    x_q: torch.Tensor,
-    y_q: torch.Tensor,
-    *,
-    task_type: str,
-    steps: int,
-    first_order: bool = False,
-    randomness: str = "error",
-) -> torch.Tensor:
-    """Adapt on each task's support set, score its query set, all tasks at once.
-
-    Args:
-        x_s (T, k, F), y_s (T, k), x_q (T, q, F), y_q (T, q).
-        randomness: ``vmap`` randomness; "different" when the model has dropout.
-
-    Returns:
-        (T,) query loss per task, differentiable w.r.t. ``params`` and tensor ``lrs``.
-    """
-
-    def one_task(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
-        fast = inner_adapt(
-            model, params, lrs, xs, ys, task_type=task_type, steps=steps, first_order=first_order
-        )
-        return task_loss(model, fast, xq, yq, task_type)
-
-    return vmap(one_task, randomness=randomness)(x_s, y_s, x_q, y_q)
-
-
-def meta_gradients(
-    model: nn.Module,
-    params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
-    x_q: torch.Tensor,
-    y_q: torch.Tensor,
-    *,
-    task_type: str,
-    steps: int,
-    first_order: bool = False,
-    randomness: str = "error",
-) -> tuple[Params, Params, torch.Tensor]:
-    """The meta-gradient of :func:`query_losses`' mean, with the outer gradient a ``grad`` transform too.
-
-    Same values as autograd through ``query_losses``; the difference is speed. Under torch.compile
-    the whole meta-step (inner and outer gradients) becomes one graph that bypasses the autograd
-    engine: on CPU 1.5-1.9x the steps/s of compiled ``query_losses`` + ``backward`` (bench/meta_step.py).
-    Eager, the nested transforms cost a little more than autograd, so eager training uses ``query_losses``.
-
-    Args: as :func:`query_losses`; ``params`` and tensor ``lrs`` should be detached.
-
-    Returns:
-        (mean gradient w.r.t. params, mean gradient w.r.t. the tensor lrs (Meta-SGD; else empty),
-        (T,) query losses).
-    """
-    learned = {k: v for k, v in lrs.items() if isinstance(v, torch.Tensor)}
-
-    def adapted_query_loss(p: Params, lr: Params, *task: torch.Tensor) -> torch.Tensor:
-        xs, ys, xq, yq = task
-        fast = inner_adapt(
-            model, p, {**lrs, **lr}, xs, ys, task_type=task_type, steps=steps, first_order=first_order
-        )
-        return task_loss(model, fast, xq, yq, task_type)
-
-    per_task = vmap(
-        grad_and_value(adapted_query_loss, argnums=(0, 1)),
-        in_dims=(None, None, 0, 0, 0, 0),
-        randomness=randomness,
-    )
-    (g_params, g_lrs), losses = per_task(params, learned, x_s, y_s, x_q, y_q)
-    return {k: g.mean(0) for k, g in g_params.items()}, {k: g.mean(0) for k, g in g_lrs.items()}, losses
+    saved = optimizer.state_dict()
+    saved["state"] = {
+        i: {k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v) for k, v in s.items()}
+        for i, s in saved["state"].items()
+    }
+    return saved
 
 
 def _tensors(b: TaskBatch) -> tuple[torch.Tensor, ...]:
@@ -335,7 +230,12 @@ class MAML:
         return Prediction(mean=out.cpu())
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights, learned lrs and hyperparameters; plain containers so ``weights_only`` loading works."""
+        """Weights, learned lrs, optimiser state and hyperparameters, as plain containers on CPU.
+
+        Why the optimiser: ``meta_train`` resumes from this dict, and AdamW moments that restart
+        at zero would make a resumed run drift from the uninterrupted one. Meta-SGD's lrs are the
+        optimiser's second param group, so their moments are in here too.
+        """
         return {
             "n_features": self.n_features,
             "task_type": self.task_type,
@@ -345,9 +245,11 @@ class MAML:
                 k: (v.detach().cpu() if isinstance(v, torch.Tensor) else float(v))
                 for k, v in self.lrs.items()
             },
+            "optimizer": optimizer_state_cpu(self.optimizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load in place (the optimiser and a compiled step keep their tensors); the optimiser only if saved."""
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             for k, v in state["lrs"].items():
@@ -355,3 +257,18 @@ class MAML:
                     self.lrs[k].copy_(v)
                 else:
                     self.lrs[k] = float(v)
+        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+__all__ = [
+    "ALGORITHMS",
+    "MAML",
+    "MAMLConfig",
+    "Params",
+    "inner_adapt",
+    "meta_gradients",
+    "optimizer_state_cpu",
+    "query_losses",
+    "task_loss",
+]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearn.learners.base import Prediction
+from metalearn.learners.maml import optimizer_state_cpu
 from metalearn.models import MLP, resolve_device, seeded_module
 from metalearn.sampling import TaskBatch
 
@@ -194,7 +195,11 @@ class MetricGP:
             "task_type": self.task_type,
             "hyperparams": {**asdict(self.cfg), "hidden": list(self.cfg.hidden)},
             "model": {k: v.detach().cpu() for k, v in self.kernel.state_dict().items()},
+            # Why the optimiser: meta_train resumes from this dict; restarted AdamW moments would drift.
+            "optimizer": optimizer_state_cpu(self.optimizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kernel.load_state_dict(state["model"])
+        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
+            self.optimizer.load_state_dict(state["optimizer"])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.learners.base import Prediction
+from metalearn.learners.maml import optimizer_state_cpu
 from metalearn.models import MLP, resolve_device, seeded_module
 from metalearn.sampling import TaskBatch
 
@@ -169,8 +170,12 @@ class ProtoNet:
             "hyperparams": {**asdict(self.cfg), "hidden": list(self.cfg.hidden)},
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "label_counts": self.label_counts_.clone(),
+            # Why the optimiser: meta_train resumes from this dict; restarted AdamW moments would drift.
+            "optimizer": optimizer_state_cpu(self.optimizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.label_counts_ = state["label_counts"].to(torch.float64).clone()
+        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
+            self.optimizer.load_state_dict(state["optimizer"])
