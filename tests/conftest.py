@@ -26,3 +26,24 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+SMALL_DATASETS = ("aflow__Egap", "OQMD_Bandgap", "mp_bulk_modulus", "aflow__ael_shear_modulus_vrh",
+                  "OQMD_Volume_per_atom", "matbench_glass", "matbench_expt_is_metal")
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory) -> Path:
+    """Real task shards from a small slice of the bundled data (ingest -> features -> shards)."""
+    from metalearn.featurize import FeaturizeConfig, build_features
+    from metalearn.ingest import IngestConfig, ingest
+    from metalearn.shards import ShardConfig, build_shards
+
+    workdir = tmp_path_factory.mktemp("small-work")
+    snap = ingest(workdir, IngestConfig(max_rows_per_dataset=400, datasets=SMALL_DATASETS)).path
+    features = build_features(snap, workdir, FeaturizeConfig(structure_features=False))
+    cfg = ShardConfig(min_task_rows=30, whole_property_below=150, max_task_rows=200)
+    result = build_shards(snap, features, workdir, cfg)
+    again = build_shards(snap, features, workdir, cfg)
+    assert result.created and not again.created and again.path == result.path
+    return result.path
