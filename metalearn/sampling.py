@@ -109,6 +109,9 @@ def forward_transform(y: "np.ndarray", transform: str) -> "np.ndarray":
     raise ValueError(f"unknown target transform {transform!r}; expected 'none' or 'log10'")
 
 
+MIN_SUPPORT_SPREAD = 0.1  # training supports must span >= 10% of their task's target std
+MAX_REDRAWS = 10
+TARGET_CLIP = 10.0  # |normalised query target| bound in training batches
 _SPLIT_CODES = {"meta-train": 0, "meta-val": 1, "meta-test-property": 2, "meta-test-chemistry": 3}
 
 
@@ -194,17 +197,38 @@ class TaskSampler:
         xs, ys, xq, yq = [], [], [], []
         for i in chosen:
             task = tasks[i]
-            s_idx, q_idx = draw_episode_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
+            s_idx, q_idx = self._draw(rng, task)
             xs.append(task.x[s_idx]); ys.append(task.y[s_idx]); xq.append(task.x[q_idx]); yq.append(task.y[q_idx])
         return make_batch(np.stack(xs), np.stack(ys), np.stack(xq), np.stack(yq),
-                          tuple(tasks[i].task_id for i in chosen), self.task_type)
+                          tuple(tasks[i].task_id for i in chosen), self.task_type, clip=TARGET_CLIP)
+
+    def _draw(self, rng: np.random.Generator, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """Episode rows; regression supports whose spread is under MIN_SUPPORT_SPREAD of the task's
+        are redrawn (a few times).
+
+        Why: some training tasks are mostly one value (band gaps of metals are exactly 0), so many
+        10-shot supports are constant; normalising by their near-zero spread turned query targets
+        into 1e5-sized numbers whose squared errors dominated whole meta-batches (seen in meta-val
+        tuning). Degenerate supports teach nothing about adaptation, so training skips them.
+        """
+        s_idx, q_idx = draw_episode_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
+        if self.task_type != "regression" or self.n_support < 2:
+            return s_idx, q_idx
+        floor = MIN_SUPPORT_SPREAD * float(np.std(task.y))
+        for _ in range(MAX_REDRAWS):
+            if float(np.std(task.y[s_idx])) >= floor:
+                break
+            s_idx, q_idx = draw_episode_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
+        return s_idx, q_idx
 
 
 def make_batch(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray, y_query: np.ndarray,
-               task_ids: tuple[str, ...], task_type: str) -> TaskBatch:
+               task_ids: tuple[str, ...], task_type: str, clip: float | None = None) -> TaskBatch:
     """Tensors from arrays; regression targets normalised by support statistics only.
 
     Args: x_support (T, k, F), y_support (T, k), x_query (T, q, F), y_query (T, q).
+        clip: bound on |normalised target| (training batches), so one query far outside its
+            support's spread cannot dominate the meta-gradient; None leaves targets as they are.
     """
     ys = torch.as_tensor(y_support, dtype=torch.float32)
     yq = torch.as_tensor(y_query, dtype=torch.float32)
@@ -213,5 +237,7 @@ def make_batch(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray
         mean, std = support_stats(ys)  # (T,), (T,)
         ys = (ys - mean[:, None]) / std[:, None]
         yq = (yq - mean[:, None]) / std[:, None]
+        if clip is not None:
+            yq = yq.clamp(-clip, clip)
     return TaskBatch(torch.as_tensor(x_support, dtype=torch.float32), ys,
                      torch.as_tensor(x_query, dtype=torch.float32), yq, task_ids, task_type, mean, std)

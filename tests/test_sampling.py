@@ -90,3 +90,19 @@ def test_missing_split_is_a_clear_error(small_shards):
     sampler = TaskSampler(small_shards, 5, 7, 4, task_type="classification")
     with pytest.raises(ValueError, match="no classification tasks in split 'meta-val'"):
         sampler.batch("meta-val", 0)
+
+
+def test_training_supports_skip_constant_targets_and_queries_are_clipped():
+    from metalearn.sampling import Task
+
+    y = np.zeros(200)
+    y[:30] = np.linspace(1.0, 3.0, 30)  # a metal-heavy band-gap-like task: 85% exact zeros
+    task = Task("t", np.zeros((200, 3), np.float32), y)
+    sampler = TaskSampler.__new__(TaskSampler)
+    sampler.n_support, sampler.n_query, sampler.task_type = 5, 10, "regression"
+    rng = np.random.default_rng(0)
+    spreads = [np.std(y[sampler._draw(rng, task)[0]]) for _ in range(100)]
+    assert np.mean(np.array(spreads) > 0) > 0.95  # random 5-row draws are constant ~44% of the time
+    batch = make_batch(np.zeros((1, 2, 1)), np.array([[0.0, 1e-9]]), np.zeros((1, 3, 1)),
+                       np.array([[0.0, 5.0, -5.0]]), ("t",), "regression", clip=10.0)
+    assert batch.y_query.abs().max() == 10.0

@@ -43,12 +43,12 @@ class MAMLConfig:
 
     algorithm: str = "maml"  # "maml" | "metasgd" | "anil"
     first_order: bool = False  # drop second-order terms (FOMAML when algorithm="maml")
-    inner_steps: int = 5
-    inner_lr: float = 0.01  # Meta-SGD: the initial value of every learned lr
+    inner_steps: int = 10  # 10 x 0.05 chosen on meta-val (bench/RESULTS.md, tuning)
+    inner_lr: float = 0.05  # Meta-SGD: the initial value of every learned lr
     test_inner_steps: int | None = None  # adaptation steps at test time; None -> inner_steps
     outer_lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW, on network weights only (never on Meta-SGD lrs)
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = 1.0  # stopped a diverging run in tuning
     hidden: tuple[int, ...] = (128, 128)
     dropout: float = 0.0
     layer_norm: bool = False

@@ -36,7 +36,7 @@ class MetricConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0
     layer_norm: bool = False
-    init_lengthscale: float | None = None  # None -> sqrt(embed_dim): unit-scale features, O(1) kernel
+    init_lengthscale: float | None = 4.0  # chosen on meta-val (0.5*sqrt(64)); None -> sqrt(embed_dim)
     init_outputscale: float = 1.0  # targets are normalised with support stats, so variance ~1
     init_noise: float = 0.1
     min_noise: float = 1e-4  # keeps the support kernel matrix well conditioned

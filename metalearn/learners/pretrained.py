@@ -34,6 +34,9 @@ def _mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers, torch.nn.Linear(n_in, n_out))
 
 
+TASK_STD_FLOOR = 0.05
+
+
 class PretrainedRidge:
     """Encoder pretrained by multitask regression; ridge/logistic probe on support embeddings.
 
@@ -109,8 +112,11 @@ class PretrainedRidge:
                 raise ValueError(f"pretrained_ridge: more than max_tasks={row} distinct meta-train tasks")
             self.task_rows_[task_id] = row
             if self.task_type == "regression":
+                # Floored at TASK_STD_FLOOR (in the task's transformed unit), not STD_FLOOR: a first
+                # episode of a mostly-constant task (band gaps of metals) would otherwise fix a
+                # 1e-6 scale and blow this task's head loss up to ~1e10 (seen in meta-val tuning).
                 self.task_stats_[row] = torch.stack(
-                    [y[t].mean(), y[t].std(unbiased=False).clamp_min(STD_FLOOR)]
+                    [y[t].mean(), y[t].std(unbiased=False).clamp_min(TASK_STD_FLOOR)]
                 )
         return torch.tensor([self.task_rows_[i] for i in task_ids], device=self.heads_.device)
 

@@ -187,6 +187,7 @@ def test_meta_training_beats_the_support_mean_on_unseen_tasks(name):
         inner_steps=3,
         inner_lr=0.1,
         outer_lr=3e-3,
+        max_grad_norm=None,
         device="cpu",
     )
     unseen = sine_batch(torch.Generator().manual_seed(2), 100)
