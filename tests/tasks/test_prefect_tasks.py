@@ -1,0 +1,186 @@
+"""The Prefect task layer: cache keys, artifacts, retries of transient MP failures, the MP key's handling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.states import Failed
+
+from metalearn.sources.mp import MPIngestError
+from tasks import ingest as ingest_tasks
+from tasks._common import artifact_key, manifest_cache_key, markdown_table
+from tasks.evaluate import headline_rows
+from tasks.register import choose_candidate
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    assert artifact_key("ingest", "mp_summary:Band Gap") == "metalearn-ingest-mp-summary-band-gap"
+    assert artifact_key("train", "fomaml") == "metalearn-train-fomaml"
+
+
+def test_markdown_table_escapes_pipes_and_formats_floats():
+    text = markdown_table([{"a": "x|y", "b": 0.123456}])
+    assert "x\\|y" in text and "0.1235" in text and text.startswith("| a | b |")
+    assert markdown_table([]) == "_(none)_\n"
+
+
+def test_headline_rows_and_candidate_choice():
+    headline = {"meta-test-property.fomaml.k5.mae_mad_median": 0.9, "meta-test-property.fomaml.k5.mae_mad_mean": 1.0,
+                "meta-test-chemistry.fomaml.k5.mae_mad_median": 0.7,
+                "meta-test-property.metric.k5.mae_mad_median": 0.85, "meta-test-chemistry.metric.k5.mae_mad_median": 0.6}
+    rows = headline_rows(headline)
+    assert {"setting": "meta-test-property", "k": 5, "metric": "mae_mad", "learner": "fomaml",
+            "mean": 1.0, "median": 0.9} in rows
+    best, evidence = choose_candidate(headline, ["fomaml", "metric"], "mae_mad", 5)
+    assert best == "metric" and evidence["median_by_learner"]["fomaml"] == pytest.approx(0.8)
+    first, why = choose_candidate({}, ["fomaml", "metric"], "mae_mad", 5)
+    assert first == "fomaml" and "no mae_mad" in why["reason"]
+
+
+def _snapshot(tmp_path: Path, content_hash: str) -> Path:
+    from metalearn import io
+    from metalearn.schema import Manifest
+
+    path = tmp_path / "snap"
+    path.mkdir(exist_ok=True)
+    io.write_manifest(path, Manifest(stage="raw", source="bundled", content_hash=content_hash, n_rows=1,
+                                     created="now"))
+    return path
+
+
+def test_manifest_cache_key_follows_content_not_timestamps(tmp_path):
+    class Ctx:
+        class task:
+            name = "t"
+
+    key = manifest_cache_key("snapshot_dir")
+    snap = _snapshot(tmp_path, "aaa")
+    first = key(Ctx, {"snapshot_dir": str(snap), "cfg": {"x": 1}})
+    assert key(Ctx, {"snapshot_dir": str(snap), "cfg": {"x": 1}}) == first
+    assert key(Ctx, {"snapshot_dir": str(snap), "cfg": {"x": 2}}) != first
+    _snapshot(tmp_path, "bbb")
+    assert key(Ctx, {"snapshot_dir": str(snap), "cfg": {"x": 1}}) != first
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (MPIngestError("fetch: cannot reach the API after 3 retries: ConnectionError"), True),
+    (MPIngestError("list: HTTP 503 persisted after 3 retries with exponential backoff (retry budget exhausted)"), True),
+    (MPIngestError("fetch: the API answered HTTP 502: ..."), True),
+    (MPIngestError("no Materials Project API key: pass api_key=... or set MP_API_KEY"), False),
+    (MPIngestError("list: the Materials Project API rejected the API key (HTTP 401)"), False),
+    (ValueError("unknown source 'x'"), False),
+    (ConnectionError("reset"), True),
+])
+def test_only_transient_failures_are_retried(exc, transient):
+    assert ingest_tasks.is_transient(None, None, Failed(data=exc)) is transient
+
+
+def test_mp_key_from_env_wins(monkeypatch):
+    monkeypatch.setenv("MP_API_KEY", "k" * 32)
+    assert ingest_tasks.resolve_mp_key("no-such-block") == "k" * 32
+    monkeypatch.delenv("MP_API_KEY")
+    assert ingest_tasks.resolve_mp_key(None) is None
+
+
+def test_mp_key_from_secret_block_and_source_choice(prefect_harness, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    @flow
+    def choose(source: str, block: str) -> str:
+        return ingest_tasks.choose_source(source, block)
+
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    assert ingest_tasks.resolve_mp_key("missing-block") is None
+    assert choose("auto", "missing-block") == "bundled"
+    with pytest.raises(ValueError, match="needs a key"):
+        choose("mp", "missing-block")
+    Secret(value="s" * 32).save("mp-key-test", overwrite=True)
+    assert ingest_tasks.resolve_mp_key("mp-key-test") == "s" * 32
+    assert choose("auto", "mp-key-test") == "mp"
+
+
+def _read(kind: str, flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        if kind == "artifacts":
+            return client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if kind == "task_runs":
+            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+
+@pytest.mark.slow
+def test_mp_ingest_task_keeps_the_key_out_of_prefect(prefect_harness, tmp_path, monkeypatch):
+    """A real MP pull (loopback API): the key comes from a Secret block and appears in no task
+    parameter, result, log or artifact; the counts artifact is written."""
+    import importlib.util
+    import sys
+
+    from prefect.blocks.system import Secret
+
+    if "mp_server" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("mp_server", Path(__file__).parents[1] / "mp_server.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["mp_server"] = module
+        spec.loader.exec_module(module)
+    mp = sys.modules["mp_server"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("MP_API_KEY", "MP_API_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    server = mp.MPServer(mp.build_documents(5)).start()
+    try:
+        Secret(value=mp.TEST_KEY).save("mp-key-ingest-test", overwrite=True)
+
+        @flow
+        def pull(workdir: str) -> dict:
+            return ingest_tasks.ingest_snapshot(workdir, "mp", {"mp_endpoint": server.url},
+                                                "mp-key-ingest-test")
+
+        state = pull(str(tmp_path / "work"), return_state=True)
+        result = state.result()
+    finally:
+        server.stop()
+    assert result["source"] == "mp" and result["n_rows"] > 0 and Path(result["path"]).exists()
+    flow_run_id = state.state_details.flow_run_id
+    artifacts = _read("artifacts", flow_run_id)
+    assert [a.key for a in artifacts] == ["metalearn-ingest-mp"]
+    assert "Quarantine reasons" in artifacts[0].data
+    haystack = json.dumps([str(a.data) for a in artifacts] + [log.message for log in _read("logs", flow_run_id)]
+                          + [str(t.task_inputs) for t in _read("task_runs", flow_run_id)] + [json.dumps(result)])
+    assert mp.TEST_KEY not in haystack
+    assert os.environ.get("MP_API_KEY") is None
+
+
+@pytest.mark.slow
+def test_unreachable_mp_is_retried_then_fails_with_the_cause(prefect_harness, tmp_path, monkeypatch):
+    key = "r" * 32
+    monkeypatch.setenv("MP_API_KEY", key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    endpoint = f"http://127.0.0.1:{_free_port()}/"  # nothing listens there: connection refused
+    retrying = ingest_tasks.ingest_snapshot.with_options(retries=1, retry_delay_seconds=0)
+
+    @flow
+    def pull(workdir: str) -> dict:
+        return retrying(workdir, "mp", {"mp_endpoint": endpoint}, None)
+
+    state = pull(str(tmp_path / "work"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MPIngestError, match="cannot reach") as caught:
+        state.result()
+    assert key not in str(caught.value)
+    (run,) = [t for t in _read("task_runs", state.state_details.flow_run_id) if t.name == "ingest-mp"]
+    assert run.run_count == 2  # the first attempt and one Prefect retry
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
