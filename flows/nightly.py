@@ -89,7 +89,8 @@ def train_evaluate_register(run: RunConfig, stages: dict[str, Any], root: str, s
                        {name: result["checkpoint"] for name, result in trained.items()}, stages["evaluate"], root)
     configs = {"profile": {"name": run.profile}, "ingest": stages["ingest"], "featurize": stages["featurize"],
                "shards": stages["shards"], "train": stages["train"], "eval": stages["evaluate"]}
-    registered = register_tasks.register(shards_dir, trained, evaluation, configs, manifests, root,
+    candidates = {name: trained[name] for name in run.registered_learners}  # baselines are scored, not shipped
+    registered = register_tasks.register(shards_dir, candidates, evaluation, configs, manifests, root,
                                          stages["registry"])
     decision = register_tasks.promote_candidate(registered, enabled=run.promote)
     return {
@@ -122,6 +123,8 @@ def nightly(
     mp_secret_block: str = "mp-api-key",
     gradient_learner: str = "fomaml",
     metric_learner: str = "metric",
+    classifier_learner: str | None = "protonet",
+    pretrained_baseline: bool = True,
     hyperparams: dict[str, dict[str, Any]] | None = None,
     model_name: str = "metalearn",
     promote: bool = True,
@@ -150,10 +153,12 @@ def nightly(
         snapshot = ingest_tasks.ingest_snapshot(root, chosen, stages["ingest"], run.mp_secret_block)
         oc = ingest_tasks.ingest_snapshot.with_options(retries=0)(root, "oc", stages["ingest"]) \
             if run.include_oc else None
-        features = featurize_snapshot(snapshot["path"], root, stages["featurize"])
-        task_shards = fresh(shards_tasks.build_task_shards, snapshot["path"], features["path"], root,
+        # Features and shards read one snapshot: Open Catalyst joins the main source's records here.
+        combined = ingest_tasks.combine(root, [snapshot["path"], oc["path"]]) if oc else snapshot
+        features = featurize_snapshot(combined["path"], root, stages["featurize"])
+        task_shards = fresh(shards_tasks.build_task_shards, combined["path"], features["path"], root,
                             stages["shards"])
-        manifests = {"snapshot": snapshot["path"], "features": features["path"]}
+        manifests = {"snapshot": combined["path"], "features": features["path"]}
         stages["ingest"] = {**stages["ingest"], "source": chosen}  # logged to MLflow with the other configs
         if run.train_deployment:
             params = {k: v for k, v in dataclasses.asdict(run).items() if k in _RETRAIN_FIELDS}
@@ -162,11 +167,12 @@ def nightly(
         else:
             trained = train_evaluate_register(run, stages, root, task_shards["path"], manifests)
     return {"workdir": root, "profile": run.profile, "source": chosen, "snapshot": snapshot["path"],
-            "oc_snapshot": oc["path"] if oc else None, "features": features["path"],
+            "oc_snapshot": oc["path"] if oc else None, "combined_snapshot": combined["path"], "features": features["path"],
             "shards": task_shards["path"], "shards_counts": task_shards["counts"], **trained}
 
 
-_RETRAIN_FIELDS = ("profile", "gradient_learner", "metric_learner", "hyperparams", "model_name", "promote",
+_RETRAIN_FIELDS = ("profile", "gradient_learner", "metric_learner", "classifier_learner", "pretrained_baseline",
+                   "hyperparams", "model_name", "promote",
                    "registry", "train", "evaluate")
 
 
@@ -177,6 +183,8 @@ def retrain(
     workdir: str | None = None,
     gradient_learner: str = "fomaml",
     metric_learner: str = "metric",
+    classifier_learner: str | None = "protonet",
+    pretrained_baseline: bool = True,
     hyperparams: dict[str, dict[str, Any]] | None = None,
     model_name: str = "metalearn",
     promote: bool = True,

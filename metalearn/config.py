@@ -71,13 +71,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "train": {"max_steps": 600, "meta_batch_size": 8, "eval_every": 50, "patience": 4,
                             "n_val_batches": 2, "checkpoint_every": 100}},
         "evaluate": {"ks": (1, 5, 10, 20), "n_draws": 10, "n_query": 32,
-                     "baselines": ("mean", "knn", "rf", "mlp")},
+                     "baselines": ("mean", "knn", "rf", "mlp", "pretrained_ridge")},
     },
 }
 
 SOURCES_AUTO = ("auto", "bundled", "mp")
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil")
-METRIC_LEARNERS = ("metric", "protonet")
+METRIC_LEARNERS = ("metric",)
+CLASSIFIER_LEARNERS = ("protonet",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,12 @@ class RunConfig:
         include_oc: also ingest the bundled Open Catalyst sample as its own snapshot.
         workdir: the work directory (None: ``$METALEARN_HOME``, else ./.metalearn).
         mp_secret_block: name of the Prefect Secret block holding the MP key (``MP_API_KEY`` wins).
-        gradient_learner / metric_learner: the two learners meta-trained every night.
+        gradient_learner / metric_learner: the two regression learners meta-trained every night;
+            the better one on tonight's evaluation becomes the registered candidate.
+        classifier_learner: meta-trained for classification tasks (0/1 targets) and shipped inside
+            the registered model next to the regressor; None to skip.
+        pretrained_baseline: also meta-train the multitask-pretrained ridge baseline ("is
+            meta-training really necessary?") so it is scored on the same draws; never registered.
         hyperparams: per-learner hyperparameter overrides, e.g. ``{"fomaml": {"inner_steps": 3}}``.
         model_name: registered model name in MLflow.
         promote: move the ``champion`` alias when the new model wins the paired comparison.
@@ -110,6 +116,8 @@ class RunConfig:
     mp_secret_block: str = "mp-api-key"
     gradient_learner: str = "fomaml"
     metric_learner: str = "metric"
+    classifier_learner: str | None = "protonet"
+    pretrained_baseline: bool = True
     hyperparams: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     model_name: str = "metalearn"
     promote: bool = True
@@ -135,14 +143,22 @@ class RunConfig:
                              "(use the model_name parameter)")
         if "source" in self.ingest:
             raise ValueError("set the source with the `source` parameter, not inside `ingest`")
-        unknown = sorted(set(self.hyperparams) - {self.gradient_learner, self.metric_learner})
+        if self.classifier_learner not in (None, *CLASSIFIER_LEARNERS):
+            raise ValueError(f"classifier_learner {self.classifier_learner!r} is not one of {CLASSIFIER_LEARNERS}")
+        unknown = sorted(set(self.hyperparams) - set(self.learners))
         if unknown:
-            raise ValueError(f"hyperparams given for {unknown}, which this run does not train "
-                             f"({self.gradient_learner!r}, {self.metric_learner!r})")
+            raise ValueError(f"hyperparams given for {unknown}, which this run does not train {self.learners}")
 
     @property
-    def learners(self) -> tuple[str, str]:
-        return (self.gradient_learner, self.metric_learner)
+    def registered_learners(self) -> tuple[str, ...]:
+        """Learners that may go into the registered model (regressor candidates + the classifier)."""
+        extra = (self.classifier_learner,) if self.classifier_learner else ()
+        return (self.gradient_learner, self.metric_learner, *extra)
+
+    @property
+    def learners(self) -> tuple[str, ...]:
+        """Everything meta-trained tonight: the registered learners plus meta-trained baselines."""
+        return self.registered_learners + (("pretrained_ridge",) if self.pretrained_baseline else ())
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -66,31 +66,39 @@ _DEFAULT = RegistryConfig()  # frozen: a safe shared default argument
 # --- tracking store ------------------------------------------------------------------------------
 
 def resolve_tracking_uri(uri: str | None = None, workdir: str | os.PathLike | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow/mlflow.db``."""
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if chosen:
         return chosen
-    store = io.resolve_workdir(workdir) / "mlflow"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+    return f"sqlite:///{io.resolve_workdir(workdir) / 'mlflow.db'}"
 
 
 def _sqlite_artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store live next to its database, never in ./mlruns (pitfall M5)."""
+    """Artifacts of a SQLite store live next to its database (``mlartifacts/``), never in ./mlruns."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
 
 
 @contextmanager
 def _tracking(uri: str) -> Iterator[MlflowClient]:
-    """Point MLflow's fluent API at ``uri`` for the block (log_model and load_model use it)."""
+    """Point MLflow's fluent API at ``uri`` for the block (log_model and load_model use it).
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment, so the
+    variable is put back exactly as it was; otherwise a later flow in the same process would
+    silently use this block's store.
+    """
     previous = mlflow.get_tracking_uri()
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
         mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:

@@ -97,6 +97,8 @@ def write_snapshot(
     database_version: str | None = None,
     extra: dict | None = None,
     tables: dict[str, pd.DataFrame] | None = None,
+    inputs: dict[str, str] | None = None,
+    validate: bool = True,
 ) -> SnapshotResult:
     """Validate, hash and (unless unchanged) atomically publish a raw snapshot.
 
@@ -105,6 +107,8 @@ def write_snapshot(
         properties: one row per dataset_id (PROPERTIES_SCHEMA).
         quarantine: rows the source itself already rejected (e.g. unparseable documents).
         tables: extra source-native tables, stored as ``<name>.parquet`` (e.g. MP's wide summary).
+        inputs: upstream snapshot id -> content hash (for combined snapshots), kept in the manifest.
+        validate: False only for records that come from validated snapshots (see combine_snapshots).
     Returns:
         SnapshotResult; ``created=False`` and the latest path when the content hash is unchanged.
     """
@@ -115,7 +119,10 @@ def write_snapshot(
     if unknown:
         raise ValueError(f"records reference dataset ids with no property metadata: {sorted(unknown)[:5]}")
     task_types = dict(zip(properties[S.DATASET_ID], properties[S.TASK_TYPE]))
-    clean, rejected = validate_records(_normalise(records), task_types)
+    if validate:
+        clean, rejected = validate_records(_normalise(records), task_types)
+    else:
+        clean, rejected = _normalise(records), pd.DataFrame(columns=[f.name for f in S.QUARANTINE_SCHEMA])
     clean = clean.sort_values([S.DATASET_ID, S.RECORD_ID], kind="stable").reset_index(drop=True)
     parts = [q for q in (quarantine, rejected) if q is not None and len(q)]
     rejected = pd.concat(parts, ignore_index=True) if parts else rejected
@@ -137,7 +144,7 @@ def write_snapshot(
     reasons = rejected[S.REASON].value_counts().to_dict() if len(rejected) else {}
     manifest = S.Manifest(
         stage="raw", source=source, content_hash=content_hash, n_rows=len(clean), created=now.isoformat(),
-        query=dict(query or {}), versions={**package_versions(), **(versions or {})},
+        inputs=dict(inputs or {}), query=dict(query or {}), versions={**package_versions(), **(versions or {})},
         database_version=database_version,
         counts={"records": len(clean), "quarantined": len(rejected), "quarantine_reasons": reasons,
                 "datasets": int(clean[S.DATASET_ID].nunique()),
@@ -154,3 +161,31 @@ def write_snapshot(
             io.write_parquet_atomic(tmp / f"{name}.parquet", frame)
         io.write_manifest(tmp, manifest)  # last: a directory without a manifest is never complete
     return SnapshotResult(final, manifest, created=True, n_quarantined=len(rejected))
+
+
+def combine_snapshots(workdir: Path, snapshots: list[Path], source: str = "combined") -> SnapshotResult:
+    """One snapshot holding the records of several (e.g. bundled or MP + Open Catalyst).
+
+    Why: features and task shards are built from one snapshot, so every source that should reach
+    training is combined first. Inputs are already validated, so their rows (and quarantines) are
+    carried over as they are; an unchanged set of inputs returns the latest combined snapshot
+    without reading anything.
+    """
+    inputs = {Path(p).name: io.read_manifest(Path(p)).content_hash for p in snapshots}
+    latest = latest_snapshot(workdir, source)
+    if latest is not None:
+        manifest = io.read_manifest(latest)
+        if manifest.inputs == inputs:
+            return SnapshotResult(latest, manifest, created=False,
+                                  n_quarantined=int(manifest.counts.get("quarantined", 0)))
+    parts = {name: [read_table(Path(p), name) for p in snapshots] for name in (RECORDS, PROPERTIES, QUARANTINE)}
+    records, properties = pd.concat(parts[RECORDS], ignore_index=True), pd.concat(parts[PROPERTIES], ignore_index=True)
+    clash = properties[properties.duplicated(S.DATASET_ID, keep=False)].drop_duplicates()
+    if clash[S.DATASET_ID].duplicated().any():
+        raise ValueError(f"snapshots disagree on property metadata of {sorted(set(clash[S.DATASET_ID]))[:5]}")
+    manifests = [io.read_manifest(Path(p)) for p in snapshots]
+    return write_snapshot(
+        workdir, source, records, properties.drop_duplicates(S.DATASET_ID),
+        quarantine=pd.concat(parts[QUARANTINE], ignore_index=True), inputs=inputs, validate=False,
+        query={"combined": [m.source for m in manifests]},
+        database_version=";".join(m.database_version for m in manifests if m.database_version) or None)

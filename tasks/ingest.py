@@ -120,3 +120,15 @@ def _ingest_artifact(source: str, path: Path, manifest: Any, created: bool, n_qu
     )
     create_markdown_artifact(markdown=text, key=artifact_key("ingest", source),
                              description=f"{source} snapshot counts and quarantine reasons")
+
+
+@task(name="combine-snapshots", cache_policy=NO_CACHE)
+def combine(workdir: str, snapshot_dirs: list[str]) -> dict[str, Any]:
+    """One snapshot of every ingested source (e.g. bundled + Open Catalyst) for features and shards."""
+    from metalearn.snapshot import combine_snapshots
+
+    result = combine_snapshots(Path(workdir), [Path(p) for p in snapshot_dirs])
+    get_run_logger().info(result.summary())
+    return {"path": str(result.path), "source": "combined", "content_hash": result.manifest.content_hash,
+            "created": result.created, "n_rows": result.manifest.n_rows, "n_quarantined": result.n_quarantined,
+            "summary": result.summary(), "inputs": list(snapshot_dirs)}

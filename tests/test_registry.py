@@ -83,7 +83,7 @@ def test_run_records_params_curves_artifacts_lineage_and_no_secret(store, tmp_pa
     assert tags["metalearn.learner"] == "metric" and tags["metalearn.classifier"] == "protonet"
 
     experiment = client.get_experiment(result["experiment_id"])
-    assert experiment.artifact_location.startswith((store["root"] / "artifacts").as_uri())  # not ./mlruns
+    assert experiment.artifact_location.startswith((store["root"] / "mlartifacts").as_uri())  # not ./mlruns
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
         "evaluation/scores.csv", "evaluation/summary.md"}
     assert {a.path for a in client.list_artifacts(run.info.run_id, "manifests")} == {
@@ -95,7 +95,7 @@ def test_run_records_params_curves_artifacts_lineage_and_no_secret(store, tmp_pa
     # The key appears in no param, tag or artifact (run artifacts and the model's files).
     texts = [*params.values(), *tags.values(), *version.tags.values()]
     assert not any(SECRET in str(t) for t in texts)
-    for path in Path(store["root"] / "artifacts").rglob("*"):
+    for path in Path(store["root"] / "mlartifacts").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
@@ -247,3 +247,16 @@ def test_log_register_promote_and_load_through_a_tracking_server(store, tmp_path
         np.testing.assert_allclose(got.to_numpy(), in_process(store, formulas, y, 4, "regression").to_numpy(),
                                    rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_tracking_block_leaves_the_environment_as_it_was(monkeypatch, tmp_path):
+    from metalearn.registry import _tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with _tracking(f"sqlite:///{tmp_path / 'a.db'}"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'b.db'}")
+    with _tracking(f"sqlite:///{tmp_path / 'a.db'}"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'b.db'}"

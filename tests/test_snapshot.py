@@ -122,3 +122,19 @@ def test_records_must_reference_known_datasets(workdir):
     with pytest.raises(ValueError, match="no property metadata"):
         write_snapshot(workdir, "test", _records([("a", "other", None, "GaN", None, 1.0)]),
                        _properties(gap="regression"))
+
+
+def test_combine_snapshots_keeps_rows_and_quarantine_and_is_a_noop_when_unchanged(workdir):
+    from metalearn.snapshot import combine_snapshots
+
+    a = write_snapshot(workdir, "a", _records([("a1", "gap", None, "GaN", None, 3.0),
+                                               ("a2", "gap", None, "Na(Cl", None, 1.0)]), _properties(gap="regression"))
+    b = write_snapshot(workdir, "b", _records([("b1", "metal", None, "Cu", None, 1.0)]),
+                       _properties(metal="classification"))
+    combined = combine_snapshots(workdir, [a.path, b.path])
+    assert combined.created and combined.manifest.n_rows == 2 and combined.n_quarantined == 1
+    assert set(read_table(combined.path, "records")[S.RECORD_ID]) == {"a1", "b1"}
+    assert set(read_table(combined.path, "properties")[S.DATASET_ID]) == {"gap", "metal"}
+    assert combined.manifest.inputs == {a.path.name: a.manifest.content_hash, b.path.name: b.manifest.content_hash}
+    again = combine_snapshots(workdir, [a.path, b.path])
+    assert not again.created and again.path == combined.path

@@ -49,7 +49,13 @@ def test_nightly_ends_with_a_registered_champion(first_run):
     out = state.result()
     assert out["source"] == "bundled" and out["decision"] == "promoted" and out["champion"] == out["model_version"]
     assert Path(out["oc_snapshot"]).parent.name == "oc"
-    assert out["shards_counts"]["tasks"] > 5 and set(out["trained"]) == {"fomaml", "metric"}
+    assert out["shards_counts"]["tasks"] > 5
+    assert set(out["trained"]) == {"fomaml", "metric", "protonet", "pretrained_ridge"}
+    assert out["candidate"] in {"fomaml", "metric"}  # baselines are scored, never registered
+    from metalearn.snapshot import read_table
+
+    combined = read_table(Path(out["combined_snapshot"]), "records")
+    assert combined["dataset_id"].str.startswith("oc20_dense").any()  # Open Catalyst reaches the shards
     assert out["tracking_uri"] == resolve_tracking_uri(None, workdir)
     model = load_champion("metalearn", out["tracking_uri"])
     table = pd.DataFrame({"role": ["support"] * 4 + ["query"] * 2,
@@ -57,6 +63,9 @@ def test_nightly_ends_with_a_registered_champion(first_run):
                           "target": [5.0, 5.2, 7.8, 6.9, None, None]})
     pred = model.predict(table)
     assert len(pred) == 2 and pred["prediction"].notna().all()
+    labels = table.assign(target=[1.0, 0.0, 1.0, 0.0, None, None])  # 0/1 targets -> the shipped classifier
+    proba = model.predict(labels)["prediction"]
+    assert ((proba >= 0) & (proba <= 1)).all()
     print(f"first nightly run: {seconds:.1f} s")
 
 
