@@ -33,21 +33,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _progress_bar(label: str):
-    """An on_progress(done, total) callback drawing a tqdm bar on stderr (library code stays UI-free)."""
+    """An on_progress callback drawing tqdm bars on stderr (library code stays UI-free).
+
+    Accepts ``(done, total)`` and the Materials Project pull's ``(stage, done, total)``; each stage
+    gets its own bar.
+    """
     from tqdm import tqdm
 
-    state: dict[str, tqdm] = {}
+    bars: dict[str, tqdm] = {}
 
-    def on_progress(done: int, total: int) -> None:
-        bar = state.get("bar")
+    def on_progress(*args) -> None:
+        stage, (done, total) = (args[0], args[1:]) if len(args) == 3 else ("", args)
+        bar = bars.get(stage)
         if bar is None:
-            bar = state["bar"] = tqdm(total=total, desc=label, unit="row", file=sys.stderr, leave=False)
+            desc = f"{label} {stage}".strip()
+            bar = bars[stage] = tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False)
         bar.total = total
         bar.n = done
         bar.refresh()
         if done >= total:
             bar.close()
-            state.pop("bar", None)
+            bars.pop(stage, None)
 
     return on_progress
 

@@ -277,3 +277,15 @@ def test_config_validation_and_endpoint_resolution(monkeypatch):
     assert MPConfig().resolved_endpoint() == "http://127.0.0.1:9/"
     assert MPConfig(endpoint="http://127.0.0.1:8/x/").resolved_endpoint() == "http://127.0.0.1:8/x/"
     assert pd.Series(MPConfig(criteria={"elements": ("Si",)}).criteria_json()["elements"]).tolist() == ["Si"]
+
+
+def test_cli_ingest_mp_against_the_loopback_server(mp_server, tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("MP_API_KEY", TEST_KEY)
+    code = main(["ingest", "--source", "mp", "--workdir", str(tmp_path), "--mp-endpoint", mp_server.url])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "mp:" in out.out and "rows" in out.out and "quarantined" in out.out
+    assert latest_snapshot(tmp_path, "mp") is not None
+    assert TEST_KEY not in out.out + out.err
