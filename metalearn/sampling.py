@@ -6,7 +6,6 @@ The TaskSampler that reads shards and builds these lives further down this modul
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ class TaskBatch:
     def n_tasks(self) -> int:
         return int(self.x_support.shape[0])
 
-    def to(self, device: torch.device | str) -> "TaskBatch":
+    def to(self, device: torch.device | str) -> TaskBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
@@ -61,8 +60,8 @@ class Task:
     """
 
     task_id: str
-    x: "np.ndarray"  # (n, F) float32, standardised with meta-train statistics
-    y: "np.ndarray"  # (n,) float64, transformed target (0/1 for classification)
+    x: np.ndarray  # (n, F) float32, standardised with meta-train statistics
+    y: np.ndarray  # (n,) float64, transformed target (0/1 for classification)
     task_type: str = "regression"
     unit: str = ""
     transform: str = "none"  # "none" | "log10"
@@ -89,7 +88,7 @@ def support_stats(y_support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def inverse_transform(y: "np.ndarray", transform: str) -> "np.ndarray":
+def inverse_transform(y: np.ndarray, transform: str) -> np.ndarray:
     """Transformed target -> property unit."""
     if transform == "none":
         return y
@@ -98,7 +97,7 @@ def inverse_transform(y: "np.ndarray", transform: str) -> "np.ndarray":
     raise ValueError(f"unknown target transform {transform!r}; expected 'none' or 'log10'")
 
 
-def forward_transform(y: "np.ndarray", transform: str) -> "np.ndarray":
+def forward_transform(y: np.ndarray, transform: str) -> np.ndarray:
     """Property unit -> transformed target (log10 needs strictly positive values)."""
     if transform == "none":
         return y
@@ -147,7 +146,7 @@ class TaskSampler:
         >>> batch = sampler.batch("meta-train", step=0)   # x_support (16, 10, F)
     """
 
-    def __init__(self, shards: "Path | str", n_support: int, n_query: int, meta_batch_size: int = 16,
+    def __init__(self, shards: Path | str, n_support: int, n_query: int, meta_batch_size: int = 16,
                  seed: int = 0, task_type: str = "regression") -> None:
         from metalearn import shard_io
 

@@ -109,5 +109,5 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))

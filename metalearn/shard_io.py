@@ -7,7 +7,7 @@ the nightly run of a bigger snapshot does not have to hold every task in memory 
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,20 @@ import pyarrow.dataset as ds
 
 from metalearn import io
 from metalearn import schema as S
-from metalearn.shards import (GROUP, REDUCED_FORMULA, SPLIT, TASK_ID, TASK_KEY, Y, Y_RAW, ShardConfig,
-                              ShardsResult, config_hash, define_tasks, feature_stats)
+from metalearn.shards import (
+    GROUP,
+    REDUCED_FORMULA,
+    SPLIT,
+    TASK_ID,
+    TASK_KEY,
+    Y_RAW,
+    ShardConfig,
+    ShardsResult,
+    Y,
+    config_hash,
+    define_tasks,
+    feature_stats,
+)
 from metalearn.task_split import SPLITS
 
 TASKS = "tasks.parquet"
@@ -70,7 +82,7 @@ def write_shards(snapshot_dir: Path, features_dir: Path, workdir: Path, cfg: Sha
     manifest = S.Manifest(
         stage="shards", source=snap_manifest.source,
         content_hash=io.hash_bytes(io.hash_frame(table).encode(), io.hash_frame(index).encode()),
-        n_rows=len(table), created=datetime.now(timezone.utc).isoformat(),
+        n_rows=len(table), created=datetime.now(UTC).isoformat(),
         inputs={"snapshot": snap_manifest.content_hash, "features": feat_manifest.content_hash},
         query={"config": asdict(cfg)}, versions=snap_manifest.versions,
         database_version=snap_manifest.database_version,

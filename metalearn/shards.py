@@ -166,4 +166,4 @@ def config_hash(cfg: ShardConfig) -> str:
     return io.hash_json(asdict(cfg))[:12]
 
 
-__all__ = ["ShardConfig", "define_tasks", "feature_stats", "build_shards", "ShardsResult", "SPLITS"]
+__all__ = ["SPLITS", "ShardConfig", "ShardsResult", "build_shards", "define_tasks", "feature_stats"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -139,7 +139,7 @@ def write_snapshot(
         if previous.content_hash == content_hash:
             return SnapshotResult(latest, previous, created=False, n_quarantined=len(rejected))
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     snapshot_id = f"{now:%Y%m%dT%H%M%S%fZ}-{content_hash[:12]}"
     reasons = rejected[S.REASON].value_counts().to_dict() if len(rejected) else {}
     manifest = S.Manifest(

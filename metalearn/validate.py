@@ -31,7 +31,7 @@ def formula_problem(formula: str) -> tuple[str, str] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             comp = Composition(formula)
-    except Exception as exc:  # pymatgen raises ValueError/KeyError/CompositionError variants
+    except Exception as exc:  # noqa: BLE001 -- pymatgen raises ValueError/KeyError/CompositionError variants
         text = str(exc)
         if "not a valid element" in text.lower() or "unknown element" in text.lower() or isinstance(exc, KeyError):
             return "unknown_element", f"{formula!r}: {text}"
@@ -41,9 +41,9 @@ def formula_problem(formula: str) -> tuple[str, str] | None:
     for el in comp.elements:
         symbol = getattr(el, "symbol", str(el))
         # DummySpecies (e.g. "Xx") parse but are not chemical elements.
-        if type(el).__name__ in {"DummySpecies", "DummySpecie"} or symbol.startswith("X"):
-            if symbol not in {"Xe"}:
-                return "unknown_element", f"{formula!r} contains {symbol!r}, not a chemical element"
+        is_dummy = type(el).__name__ in {"DummySpecies", "DummySpecie"} or symbol.startswith("X")
+        if is_dummy and symbol != "Xe":
+            return "unknown_element", f"{formula!r} contains {symbol!r}, not a chemical element"
     return None
 
 
@@ -53,7 +53,7 @@ def structure_problem(structure_json: str) -> str | None:
 
     try:
         Structure.from_dict(json.loads(structure_json))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any failure is a quarantine reason, kept with its text
         return f"structure does not parse: {type(exc).__name__}: {str(exc)[:200]}"
     return None
 

@@ -14,9 +14,9 @@ os.environ.pop("MP_API_KEY", None)
 # Tiny models on 2 cores: intra-op threads only oversubscribe (measured 4-10x slower tests).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from metalearn.experiment import evaluate_learners, model_dir, train_learner, ExperimentConfig
+from metalearn.experiment import ExperimentConfig, evaluate_learners, model_dir, train_learner
 
 TINY = {"n_support": 5, "n_query": 7, "train": {"max_steps": 6, "meta_batch_size": 2, "eval_every": 3,
                                                  "n_val_batches": 1, "checkpoint_every": 3}}

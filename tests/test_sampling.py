@@ -11,8 +11,8 @@ from metalearn import io
 from metalearn.sampling import TaskSampler, draw_episode_rows, make_batch
 from metalearn.shard_io import read_index, read_task_rows
 
+
 def test_batch_shapes_and_task_type(small_shards):
-    shards = small_shards
     sampler = TaskSampler(small_shards, n_support=5, n_query=7, meta_batch_size=4, seed=0)
     batch = sampler.batch("meta-train", 0)
     F = sampler.n_features
@@ -26,7 +26,6 @@ def test_batch_shapes_and_task_type(small_shards):
 
 
 def test_batches_reproduce_per_seed_and_differ_across_steps(small_shards):
-    shards = small_shards
     a = TaskSampler(small_shards, 5, 7, 4, seed=1).batch("meta-train", 3)
     b = TaskSampler(small_shards, 5, 7, 4, seed=1).batch("meta-train", 3)
     c = TaskSampler(small_shards, 5, 7, 4, seed=1).batch("meta-train", 4)
@@ -77,7 +76,6 @@ def test_feature_stats_come_from_meta_train_tasks_only(small_shards):
 
 
 def test_reads_only_requested_partitions(small_shards):
-    shards = small_shards
     index = read_index(small_shards)
     key = index["task_key"].iloc[0]
     rows = read_task_rows(small_shards, [key])
@@ -86,7 +84,6 @@ def test_reads_only_requested_partitions(small_shards):
 
 
 def test_missing_split_is_a_clear_error(small_shards):
-    shards = small_shards
     sampler = TaskSampler(small_shards, 5, 7, 4, task_type="classification")
     with pytest.raises(ValueError, match="no classification tasks in split 'meta-val'"):
         sampler.batch("meta-val", 0)

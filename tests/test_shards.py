@@ -37,7 +37,7 @@ def test_chemistry_rule():
 
 
 def test_tasks_meet_minimum_size_and_have_metadata(defined):
-    rows, index, excluded, cfg, _ = defined
+    rows, index, _excluded, cfg, _ = defined
     assert len(index) > 60
     assert (index["n_rows"] >= cfg.min_task_rows).all()
     assert (index["n_rows"] <= cfg.max_task_rows).all()
@@ -78,7 +78,7 @@ def test_check_no_leakage_detects_a_crossing(defined):
 
 
 def test_every_record_is_in_a_task_or_excluded_with_reason(defined):
-    rows, index, excluded, _, records = defined
+    rows, _index, excluded, _, records = defined
     accounted = set(rows[S.RECORD_ID]) | set(excluded[S.RECORD_ID])
     assert accounted == set(records[S.RECORD_ID])
     assert set(excluded["reason"]) <= {"duplicate_material_merged", "nonpositive_for_log10", "task_too_small",
@@ -89,7 +89,7 @@ def test_log10_transform_and_splits_are_seeded(bundled_small):
     records, properties = bundled_small
     cfg = ShardConfig(min_task_rows=30, whole_property_below=200, max_task_rows=300)
     rows_a, index_a, _ = define_tasks(records, properties, cfg)
-    rows_b, index_b, _ = define_tasks(records, properties, cfg)
+    _rows_b, index_b, _ = define_tasks(records, properties, cfg)
     pd.testing.assert_frame_equal(index_a, index_b)
     log_tasks = index_a.loc[index_a[S.TRANSFORM] == "log10", "task_id"]
     part = rows_a[rows_a["task_id"].isin(log_tasks)]

@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from metalearn.learners.base import Prediction
 from metalearn.learners.episodes import check_task_type, episode_loss, to_numpy
 from metalearn.models import resolve_device
-from metalearn.sampling import STD_FLOOR, TaskBatch
+from metalearn.sampling import TaskBatch
 
 # Hyperparameters that fix the shapes of the saved weights; the rest (probe, optimiser, device)
 # may be overridden when loading.

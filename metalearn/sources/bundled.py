@@ -144,7 +144,7 @@ def cif_to_structure_json(cif: str) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return json.dumps(Structure.from_str(cif, fmt="cif").as_dict())
-    except Exception:
+    except Exception:  # noqa: BLE001 -- any parse failure ends in quarantine, with the CIF kept
         return json.dumps({"unparsed_cif": cif})
 
 
