@@ -14,11 +14,33 @@ os.environ.pop("MP_API_KEY", None)
 # Tiny models on 2 cores: intra-op threads only oversubscribe (measured 4-10x slower tests).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import importlib.abc
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# tests/ is not a package: helper modules the sub-conftests and tests import by these top-level names,
+# found by path (lazily, on first import) so any rootdir/import mode works.
+HELPERS = {
+    "flow_support": REPO / "tests" / "flows" / "support.py",
+    "learner_support": REPO / "tests" / "learners" / "support.py",
+    "mp_server": REPO / "tests" / "mp_server.py",
+    "score_tables": REPO / "tests" / "score_tables.py",
+}
+
+
+class _HelperFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if path is None and name in HELPERS:
+            return importlib.util.spec_from_file_location(name, HELPERS[name])
+        return None
+
+
+sys.meta_path.insert(0, _HelperFinder())
 
 
 @pytest.fixture

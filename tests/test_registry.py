@@ -14,6 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from score_tables import SETTING, scores_table
 from servers import FORMULAS, make_shards, mlflow_server, tiny_learners
 
 from metalearn import registry
@@ -21,18 +22,6 @@ from metalearn.registry import RegistryConfig
 from metalearn.train import TrainConfig
 
 SECRET = "mpkey-" + "q7" * 13  # 32 characters, like a real MP key
-SETTING = "meta-test-property"
-
-
-def scores_table(values: dict[str, list[float]], ks=(1, 5), draws: int = 2) -> pd.DataFrame:
-    """Long scores: learner -> per-task mae_mad (same for every draw and k, plus a tiny draw jitter)."""
-    rows = []
-    for learner, per_task in values.items():
-        for t, value in enumerate(per_task):
-            for draw in range(draws):
-                for k in ks:
-                    rows.append((f"task{t}", SETTING, "band_gap", k, draw, learner, "mae_mad", value + 1e-4 * draw))
-    return pd.DataFrame(rows, columns=["task_id", "setting", "family", "k", "draw", "learner", "metric", "value"])
 
 
 @pytest.fixture(scope="module")

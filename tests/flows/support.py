@@ -1,7 +1,8 @@
 """Shared by the flow and task tests: a tiny slice of the bundled data, one Prefect test harness per
 session, and starting/stopping real servers and workers on loopback by PID.
 
-Loaded by path from the conftests (tests/ is not a package).
+Imported as ``flow_support``, found by path through tests/conftest.py (tests/ is not a package); the
+flow and task conftests import its fixtures.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,6 +78,20 @@ def harness_stop() -> None:
     cm = _HARNESS.pop("cm", None)
     if cm is not None:
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect database and server for the session (~10 s once, then ~1 s per flow)."""
+    harness_start()
+    yield
+    harness_stop()
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uri_restored() -> Iterator[None]:
+    with kept_env("MLFLOW_TRACKING_URI"):
+        yield
 
 
 def free_port() -> int:

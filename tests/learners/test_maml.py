@@ -7,14 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from learner_support import N_FEATURES, query_mse, sine_batch, trained_and_reloaded
 
-from metalearn.learners import LEARNERS, Learner, build_learner, load_learner, save_learner
+from metalearn.learners import LEARNERS, Learner, build_learner, load_learner
 from metalearn.learners.maml import MAML, MAMLConfig, meta_gradients, query_losses
 from metalearn.models import MLP, head_keys, param_dict
-from metalearn.sampling import TaskBatch, support_stats
-
-N_FEATURES = 8
-
 
 # --- the reference: a plain loop over tasks with torch.autograd.grad --------------------------------
 
@@ -154,29 +151,6 @@ def test_classification_predicts_probabilities():
 # --- behaviour on a family of related tasks ----------------------------------------------------------
 
 
-def sine_batch(gen: torch.Generator, n_tasks: int, k: int = 10, q: int = 10) -> TaskBatch:
-    """y = a_t sin(w . x + b_t), w shared by the family; targets normalised with support stats."""
-    w = torch.zeros(N_FEATURES)
-    w[0], w[1] = 1.0, 0.5
-    a = 0.5 + 1.5 * torch.rand(n_tasks, 1, generator=gen)
-    b = math.pi * torch.rand(n_tasks, 1, generator=gen)
-    x = torch.randn(n_tasks, k + q, N_FEATURES, generator=gen)
-    y = a * torch.sin(x @ w + b)
-    mean, std = support_stats(y[:, :k])
-    y = (y - mean[:, None]) / std[:, None]
-    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], tuple(f"t{i}" for i in range(n_tasks)))
-
-
-def query_mse(learner, batch: TaskBatch) -> tuple[float, float]:
-    """(learner's query MSE, support-mean query MSE), averaged over the batch's tasks."""
-    ours, base = [], []
-    for t in range(batch.n_tasks):
-        pred = learner.predict(learner.adapt(batch.x_support[t], batch.y_support[t]), batch.x_query[t]).mean
-        ours.append(float(((pred - batch.y_query[t]) ** 2).mean()))
-        base.append(float(((batch.y_support[t].mean() - batch.y_query[t]) ** 2).mean()))
-    return sum(ours) / len(ours), sum(base) / len(base)
-
-
 @pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil"])
 def test_meta_training_beats_the_support_mean_on_unseen_tasks(name):
     learner = build_learner(
@@ -209,9 +183,8 @@ def test_save_load_round_trip_gives_identical_predictions(name, tmp_path):
     learner = build_learner(
         name, N_FEATURES, "regression", hidden=(8, 8), inner_steps=2, seed=3, device="cpu"
     )
-    learner.meta_train_step(sine_batch(torch.Generator().manual_seed(0), 4))
-    save_learner(learner, tmp_path / "learner.pt")
-    loaded = load_learner(tmp_path / "learner.pt")
+    batch = sine_batch(torch.Generator().manual_seed(0), 4)
+    loaded = trained_and_reloaded(learner, batch, tmp_path / "learner.pt")
     assert loaded.name == name and isinstance(loaded, MAML) and loaded.cfg == learner.cfg
     x_s, y_s, x_q = torch.randn(6, N_FEATURES), torch.randn(6), torch.randn(5, N_FEATURES)
     assert torch.equal(

@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from learner_support import N_FEATURES, sine_batch, trained_and_reloaded
 
-from metalearn.learners import build_learner, load_learner, save_learner
+from metalearn.learners import build_learner
 from metalearn.learners.metric import MetricConfig, MetricGP, gaussian_nll, gp_posterior, rbf_kernel
-from metalearn.sampling import TaskBatch, support_stats
-
-N_FEATURES = 8
+from metalearn.sampling import TaskBatch
 
 
 def numpy_gp(z_s, y_s, z_q, ls, os_, noise):
@@ -71,19 +70,6 @@ def test_classification_regresses_labels_and_clips_to_probabilities():
     assert bool(((p >= 0) & (p <= 1)).all())
 
 
-def sine_batch(gen: torch.Generator, n_tasks: int, k: int = 10, q: int = 10) -> TaskBatch:
-    """y = a_t sin(w . x + b_t), w shared by the family; targets normalised with support stats."""
-    w = torch.zeros(N_FEATURES)
-    w[0], w[1] = 1.0, 0.5
-    a = 0.5 + 1.5 * torch.rand(n_tasks, 1, generator=gen)
-    b = math.pi * torch.rand(n_tasks, 1, generator=gen)
-    x = torch.randn(n_tasks, k + q, N_FEATURES, generator=gen)
-    y = a * torch.sin(x @ w + b)
-    mean, std = support_stats(y[:, :k])
-    y = (y - mean[:, None]) / std[:, None]
-    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], tuple(f"t{i}" for i in range(n_tasks)))
-
-
 def scores(learner, batch: TaskBatch) -> tuple[float, float, float]:
     """(query MSE, support-mean query MSE, fraction of query rows within 2 predicted std)."""
     ours, base, covered = [], [], []
@@ -114,9 +100,8 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     learner = build_learner(
         "metric", N_FEATURES, "regression", hidden=(16,), embed_dim=4, seed=4, device="cpu"
     )
-    learner.meta_train_step(sine_batch(torch.Generator().manual_seed(0), 4))
-    save_learner(learner, tmp_path / "metric.pt")
-    loaded = load_learner(tmp_path / "metric.pt")
+    batch = sine_batch(torch.Generator().manual_seed(0), 4)
+    loaded = trained_and_reloaded(learner, batch, tmp_path / "metric.pt")
     assert isinstance(loaded, MetricGP) and loaded.cfg == learner.cfg
     x_s, y_s, x_q = torch.randn(6, N_FEATURES), torch.randn(6), torch.randn(5, N_FEATURES)
     a, b = loaded.predict(loaded.adapt(x_s, y_s), x_q), learner.predict(learner.adapt(x_s, y_s), x_q)

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from learner_support import N_FEATURES, trained_and_reloaded
+from learner_support import query_mse as brier  # on 0/1 labels and probabilities: the Brier score
 
-from metalearn.learners import build_learner, load_learner, save_learner
+from metalearn.learners import build_learner
 from metalearn.learners.protonet import ProtoNet, ProtoNetConfig, get_prototypes, prototypical_loss
 from metalearn.sampling import TaskBatch
-
-N_FEATURES = 8
 
 
 def numpy_prototypes(emb: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,16 +116,6 @@ def angle_batch(gen: torch.Generator, n_tasks: int, k: int = 10, q: int = 10) ->
     return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], ids, "classification")
 
 
-def brier(learner, batch: TaskBatch) -> tuple[float, float]:
-    """(learner's query Brier score, support-mean Brier score) over the batch's tasks."""
-    ours, base = [], []
-    for t in range(batch.n_tasks):
-        p = learner.predict(learner.adapt(batch.x_support[t], batch.y_support[t]), batch.x_query[t]).mean
-        ours.append(float(((p - batch.y_query[t]) ** 2).mean()))
-        base.append(float(((batch.y_support[t].mean() - batch.y_query[t]) ** 2).mean()))
-    return sum(ours) / len(ours), sum(base) / len(base)
-
-
 def test_meta_training_beats_the_support_mean_on_unseen_tasks():
     learner = build_learner(
         "protonet", N_FEATURES, "classification", hidden=(32, 32), outer_lr=3e-3, device="cpu"
@@ -145,9 +135,8 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     learner = build_learner(
         "protonet", N_FEATURES, "classification", hidden=(8,), embed_dim=4, seed=2, device="cpu"
     )
-    learner.meta_train_step(angle_batch(torch.Generator().manual_seed(0), 4))
-    save_learner(learner, tmp_path / "protonet.pt")
-    loaded = load_learner(tmp_path / "protonet.pt")
+    batch = angle_batch(torch.Generator().manual_seed(0), 4)
+    loaded = trained_and_reloaded(learner, batch, tmp_path / "protonet.pt")
     assert isinstance(loaded, ProtoNet) and loaded.cfg == learner.cfg and loaded.prior_ == learner.prior_
     x_s, x_q = torch.randn(6, N_FEATURES), torch.randn(5, N_FEATURES)
     for y_s in (

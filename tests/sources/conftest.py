@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import mp_server as mp_server_module  # tests/mp_server.py, found by path through tests/conftest.py
 import pytest
-
-
-def _load_mp_server():
-    """tests/ is not a package; load tests/mp_server.py by path (once) so any rootdir/import mode works."""
-    if "mp_server" not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "mp_server.py"
-        spec = importlib.util.spec_from_file_location("mp_server", path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules["mp_server"] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules["mp_server"]
-
-
-mp_server_module = _load_mp_server()
 
 
 @pytest.fixture

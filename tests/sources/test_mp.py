@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mp_server import TEST_KEY  # loaded by tests/sources/conftest.py
+from mp_server import TEST_KEY  # found by path through tests/conftest.py
 
 from metalearn import io
 from metalearn import schema as S

@@ -119,17 +119,9 @@ def _read(kind: str, flow_run_id) -> list:
 def test_mp_ingest_task_keeps_the_key_out_of_prefect(prefect_harness, tmp_path, monkeypatch):
     """A real MP pull (loopback API): the key comes from a Secret block and appears in no task
     parameter, result, log or artifact; the counts artifact is written."""
-    import importlib.util
-    import sys
-
+    import mp_server as mp  # tests/mp_server.py, found by path through tests/conftest.py
     from prefect.blocks.system import Secret
 
-    if "mp_server" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("mp_server", Path(__file__).parents[1] / "mp_server.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["mp_server"] = module
-        spec.loader.exec_module(module)
-    mp = sys.modules["mp_server"]
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("MP_API_KEY", "MP_API_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
