@@ -28,10 +28,6 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     return cls(**data)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def flatten(prefix: str, cfg: Any) -> dict[str, Any]:
     """Flatten a (nested) dataclass into ``prefix.key`` pairs, e.g. for MLflow params."""
     out: dict[str, Any] = {}

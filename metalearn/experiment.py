@@ -121,7 +121,7 @@ def evaluate_learners(shards_dir: Path, checkpoints: dict[str, str], eval_cfg: d
             (regression and classification learners may be mixed; each scores its own task type).
         eval_cfg: EvalConfig fields.
     Returns:
-        JSON-able {"scores_csv", "summary_md", "plot_png", "summary_csv", "headline", "cached"}.
+        JSON-able {"scores_csv", "summary_md", "plot_png", "headline", "cached"}.
     """
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else from_dict(EvalConfig, eval_cfg)
     out = Path(out_dir)
@@ -143,11 +143,10 @@ def evaluate_learners(shards_dir: Path, checkpoints: dict[str, str], eval_cfg: d
     import pandas as pd
 
     all_scores = pd.concat(scores, ignore_index=True)
-    report = write_report(all_scores, out, baselines=cfg.baselines)
-    summary = summarize(all_scores, baselines=cfg.baselines)
-    result = {"scores_csv": str(out / "scores.csv"), "summary_md": str(out / "summary.md"),
-              "plot_png": str(out / "kshot.png"), "headline": headline(summary),
-              "report": {k: str(v) for k, v in (report or {}).items()} if isinstance(report, dict) else {}}
+    summary = summarize(all_scores, baselines=cfg.baselines)  # once: the report reuses it
+    paths = write_report(all_scores, out, baselines=cfg.baselines, summary=summary)
+    result = {"scores_csv": str(paths["scores"]), "summary_md": str(paths["summary"]),
+              "plot_png": str(paths["kshot"]), "headline": headline(summary)}
     io.write_json_atomic(out / RESULT, result)
     return {**result, "cached": False}
 

@@ -7,7 +7,7 @@ unchanged bundle costs a file hash, not a re-parse of thousands of CIFs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from metalearn import io
@@ -64,7 +64,3 @@ def ingest(workdir: Path, cfg: IngestConfig, api_key: str | None = None, on_prog
 
     mp_cfg = MPConfig(endpoint=cfg.mp_endpoint) if cfg.mp_endpoint else MPConfig()
     return ingest_mp(workdir, mp_cfg, api_key=api_key, on_progress=on_progress)
-
-
-def config_dict(cfg: IngestConfig) -> dict:
-    return asdict(cfg)

@@ -240,10 +240,15 @@ def write_report(
     baselines: Sequence[str] = ("mean", "knn", "rf", "mlp", "pretrained_ridge"),
     n_bootstrap: int = 1000,
     seed: int = 0,
+    summary: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """Write scores.csv, summary.md and kshot.png (each atomically) under ``out_dir``; returns their paths."""
+    """Write scores.csv, summary.md and kshot.png (each atomically) under ``out_dir``; returns their paths.
+
+    ``summary``: a :func:`summarize` result the caller already has (its bootstrap is the costly part).
+    """
     out_dir = Path(out_dir)
-    summary = summarize(scores, baselines=baselines, n_bootstrap=n_bootstrap, seed=seed)
+    if summary is None:
+        summary = summarize(scores, baselines=baselines, n_bootstrap=n_bootstrap, seed=seed)
     paths = {
         "scores": out_dir / "scores.csv",
         "summary": out_dir / "summary.md",
