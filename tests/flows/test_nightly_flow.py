@@ -26,13 +26,14 @@ def _task_states(flow_run_id) -> dict[str, str]:
     """Task name -> state name; generated run names ("evaluate-1bd") lose their 3-hex suffix.
 
     Task-run states reach the API asynchronously (through Prefect's event pipeline), so a run read
-    right after the flow returns may not have its state yet: poll briefly until every run has one.
+    right after the flow returns may not have its state yet, or may still show "Running" for its
+    last one: poll briefly until every run has a final state.
     """
     deadline = time.monotonic() + 30
     while True:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        if all(run.state is not None for run in runs) or time.monotonic() > deadline:
+        if all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     return {re.sub(r"-[0-9a-f]{3}$", "", run.name) if not run.name.startswith("meta-train") else run.name:
