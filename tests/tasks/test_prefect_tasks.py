@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -110,8 +111,13 @@ def _read(kind: str, flow_run_id) -> list:
     with get_client(sync_client=True) as client:
         if kind == "artifacts":
             return client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        if kind == "task_runs":
-            return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        if kind == "task_runs":  # states arrive asynchronously: wait until each is final (<= 30 s)
+            deadline = time.monotonic() + 30
+            while True:
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                if all(r.state is not None and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                    return runs
+                time.sleep(0.5)
         return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
 
 
