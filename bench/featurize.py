@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from metalearn import featurize_fast as ff
+from metalearn.features import composition as ff
 from metalearn.io import repo_data_dir
 
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from metalearn.learners import build_learner
-from metalearn.learners.maml import MAML
-from metalearn.models import resolve_device
-from metalearn.sampling import TaskBatch
+from metalearn.learn.learners import build_learner
+from metalearn.learn.learners.maml import MAML
+from metalearn.learn.models import resolve_device
+from metalearn.learn.sampling import TaskBatch
 
 N_FEATURES, HIDDEN = 132, (128, 128)
 

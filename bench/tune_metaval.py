@@ -148,9 +148,9 @@ def seed_table(tab: pd.DataFrame) -> pd.DataFrame:
 
 # --- data ---------------------------------------------------------------------------------------
 def build_data(workdir: Path) -> Path:
-    from metalearn.featurize import FeaturizeConfig, build_features
-    from metalearn.ingest import IngestConfig, ingest
-    from metalearn.shards import build_shards
+    from metalearn.features.plan import FeaturizeConfig, build_features
+    from metalearn.ingest.stage import IngestConfig, ingest
+    from metalearn.shards.define import build_shards
 
     snap = ingest(workdir, IngestConfig(max_rows_per_dataset=1500))
     feats = build_features(snap.path, workdir, FeaturizeConfig(structure_features=False))
@@ -163,7 +163,7 @@ def slug(label: str) -> str:
 
 
 def train(shards: Path, run: Run, workdir: Path) -> dict[str, Any]:
-    from metalearn.experiment import train_learner
+    from metalearn.learn.stage import train_learner
 
     cfg = {"n_support": 10, "n_query": 20, "hyperparams": run.hyperparams, "train": {**TRAIN, **run.train}}
     started = time.perf_counter()
@@ -180,7 +180,7 @@ def train(shards: Path, run: Run, workdir: Path) -> dict[str, Any]:
 
 def score(tasks, learners: dict[str, Any], cache: Path, draws: int) -> pd.DataFrame:
     """Scores of ``learners`` on ``tasks`` (cached as CSV); also records the wall time."""
-    from metalearn.evaluate import EvalConfig, evaluate
+    from metalearn.evaluate.protocol import EvalConfig, evaluate
 
     if cache.exists():
         return pd.read_csv(cache)
@@ -196,7 +196,7 @@ def score(tasks, learners: dict[str, Any], cache: Path, draws: int) -> pd.DataFr
 
 def score_run(shards: Path, tasks, run: Run, workdir: Path, draws: int) -> dict[str, pd.DataFrame]:
     """Train (cached) and score ``run``; returns label -> scores (one per probe, or the run itself)."""
-    from metalearn.learners import load_learner
+    from metalearn.learn.learners import load_learner
 
     result = train(shards, run, workdir)
     out: dict[str, pd.DataFrame] = {}
@@ -224,7 +224,7 @@ def score_run(shards: Path, tasks, run: Run, workdir: Path, draws: int) -> dict[
 
 def table(all_scores: pd.DataFrame, workdir: Path, draws: int) -> pd.DataFrame:
     """One row per learner label: meta-val medians at each k, win rates vs mean and rf at k=10, times."""
-    from metalearn.evaluate import summarize
+    from metalearn.evaluate.protocol import summarize
 
     summary = summarize(all_scores[all_scores["metric"] == "mae_mad"], baselines=("mean", "rf"))
     rows = []
@@ -247,7 +247,7 @@ def table(all_scores: pd.DataFrame, workdir: Path, draws: int) -> pd.DataFrame:
 
 def family_table(all_scores: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     """Median per-task mae_mad at k=10 by property family, for the chosen labels and baselines."""
-    from metalearn.report import per_task
+    from metalearn.evaluate.report import per_task
 
     t = per_task(all_scores[(all_scores["metric"] == "mae_mad") & (all_scores["k"] == 10)])
     t = t[t["learner"].isin(labels)]
@@ -270,8 +270,8 @@ def main() -> None:
     parser.add_argument("--no-stage2", action="store_true")
     args = parser.parse_args()
 
-    from metalearn.learners import build_learner
-    from metalearn.sampling import TaskSampler
+    from metalearn.learn.learners import build_learner
+    from metalearn.learn.sampling import TaskSampler
 
     t0 = time.perf_counter()
     shards = build_data(args.workdir)

@@ -20,7 +20,7 @@ def _add_workdir(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from metalearn.ingest import IngestConfig, ingest
+    from metalearn.ingest.stage import IngestConfig, ingest
 
     cfg = IngestConfig(source=args.source, max_rows_per_dataset=args.max_rows_per_dataset or None,
                        seed=args.seed, mp_endpoint=args.mp_endpoint)
@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = {**_json_arg(args.params), "profile": args.profile, "workdir": str(workdir)}
     if args.source:
         params["source"] = args.source
-    from metalearn.config import RunConfig, from_dict, resolve_stages
+    from metalearn.config import from_dict
+    from metalearn.pipeline import RunConfig, resolve_stages
 
     resolve_stages(from_dict(RunConfig, params))  # fail on a bad key before starting Prefect
     from prefect.exceptions import ParameterBindError, SignatureMismatchError
@@ -154,7 +155,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 # --- predict: no Prefect, no flows ----------------------------------------------------------------
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from metalearn.consumer import predict_csv
+    from metalearn.predict.consumer import predict_csv
 
     workdir = Path(args.workdir) if args.workdir else None
 

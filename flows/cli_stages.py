@@ -16,14 +16,14 @@ from flows.cli import _progress_bar
 
 
 def _profile(args: argparse.Namespace, stage: str) -> dict[str, Any]:
-    from metalearn.config import PROFILES
+    from metalearn.pipeline import PROFILES
 
     return dict(PROFILES[args.profile].get(stage, {}))
 
 
 def find_snapshot(workdir: Path, snapshot_id: str | None, source: str) -> Path:
     """The snapshot ``snapshot_id`` (any source), else the newest snapshot of ``source``."""
-    from metalearn.snapshot import latest_snapshot
+    from metalearn.ingest.snapshot import latest_snapshot
 
     if snapshot_id:
         found = [p for p in (workdir / "raw").glob(f"*/{snapshot_id}") if (p / "manifest.json").exists()]
@@ -38,7 +38,7 @@ def find_snapshot(workdir: Path, snapshot_id: str | None, source: str) -> Path:
 
 def featurize(args: argparse.Namespace) -> Path:
     from metalearn.config import from_dict
-    from metalearn.featurize import FeaturizeConfig, build_features
+    from metalearn.features.plan import FeaturizeConfig, build_features
     from metalearn.io import resolve_workdir
 
     workdir = resolve_workdir(args.workdir)
@@ -50,8 +50,8 @@ def featurize(args: argparse.Namespace) -> Path:
 def shards(args: argparse.Namespace) -> int:
     from metalearn.config import from_dict
     from metalearn.io import resolve_workdir
-    from metalearn.shard_io import read_index
-    from metalearn.shards import ShardConfig, build_shards
+    from metalearn.shards.store import read_index
+    from metalearn.shards.define import ShardConfig, build_shards
 
     features = featurize(args)
     workdir = resolve_workdir(args.workdir)
@@ -75,7 +75,7 @@ def shards(args: argparse.Namespace) -> int:
 
 def _shards_dir(args: argparse.Namespace) -> Path:
     from metalearn.io import resolve_workdir
-    from metalearn.shard_io import latest_shards
+    from metalearn.shards.store import latest_shards
 
     if args.shards:
         return Path(args.shards)
@@ -87,7 +87,7 @@ def _shards_dir(args: argparse.Namespace) -> Path:
 
 def train(args: argparse.Namespace) -> int:
     from metalearn.config import deep_merge
-    from metalearn.experiment import train_learner
+    from metalearn.learn.stage import train_learner
 
     cfg = _profile(args, "train")
     if args.max_steps:
@@ -103,7 +103,7 @@ def train(args: argparse.Namespace) -> int:
 
 def trained_learners(shards_dir: Path) -> dict[str, str]:
     """Every learner trained on these shards (the newest per algorithm): name -> checkpoint."""
-    from metalearn.experiment import RESULT, ExperimentConfig, model_dir
+    from metalearn.learn.stage import RESULT, ExperimentConfig, model_dir
 
     root = model_dir(shards_dir, "any", ExperimentConfig()).parent  # models/<shards hash>/
     found: dict[str, tuple[float, str]] = {}
@@ -116,7 +116,7 @@ def trained_learners(shards_dir: Path) -> dict[str, str]:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from metalearn.experiment import evaluate_learners
+    from metalearn.evaluate.stage import evaluate_learners
     from metalearn.io import resolve_workdir
     from tasks.evaluate import evaluation_dir
 
@@ -132,7 +132,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if not checkpoints:
             raise FileNotFoundError(f"no trained learner for {shards_dir}; run `metalearn train` first")
     from metalearn.config import from_dict, to_jsonable
-    from metalearn.evaluate import EvalConfig
+    from metalearn.evaluate.protocol import EvalConfig
 
     cfg = to_jsonable(from_dict(EvalConfig, _profile(args, "evaluate")))
     out_dir = evaluation_dir(resolve_workdir(args.workdir), shards_dir, checkpoints, cfg)

@@ -32,7 +32,8 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.concurrency.sync import concurrency
 
-from metalearn.config import RunConfig, from_dict, resolve_stages
+from metalearn.config import from_dict
+from metalearn.pipeline import RunConfig, resolve_stages
 from metalearn.io import resolve_workdir
 from tasks import evaluate as evaluate_tasks
 from tasks import featurize as featurize_tasks
@@ -205,7 +206,7 @@ def retrain(
     stages = resolve_stages(run)
     root = str(resolve_workdir(run.workdir))
     if shards_dir is None:
-        from metalearn.shard_io import latest_shards
+        from metalearn.shards.store import latest_shards
 
         found = latest_shards(Path(root))
         if found is None:
@@ -220,7 +221,7 @@ def retrain(
 @flow(name="metalearn-features", description="featurize one snapshot (plan, chunks fanned out, assemble)")
 def features_flow(snapshot_dir: str, workdir: str, featurize: dict[str, Any] | None = None) -> dict[str, Any]:
     """The featurize stage alone, on the flow's task runner (``metalearn featurize``, Dask checks)."""
-    from metalearn.featurize import FeaturizeConfig
+    from metalearn.features.plan import FeaturizeConfig
 
     cfg = from_dict(FeaturizeConfig, featurize or {})
     from dataclasses import asdict

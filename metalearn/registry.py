@@ -42,9 +42,9 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from metalearn import io
-from metalearn.learners.base import Learner
-from metalearn.predictor import Predictor
-from metalearn.promotion import RegistryConfig, compare_versions, decision_record, eval_protocol, paired_gate
+from metalearn.learn.learners.base import Learner
+from metalearn.predict.predictor import Predictor
+from metalearn.evaluate.gate import RegistryConfig, compare_versions, decision_record, eval_protocol, paired_gate
 from metalearn.run_record import (
     git_commit,
     learner_tags,
@@ -114,7 +114,7 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 # --- the pyfunc model ----------------------------------------------------------------------------
 
 class MetalearnModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of :class:`metalearn.predictor.Predictor`: adapt on support rows, predict query rows."""
+    """pyfunc wrapper of :class:`metalearn.predict.predictor.Predictor`: adapt on support rows, predict query rows."""
 
     def load_context(self, context: Any) -> None:
         art = context.artifacts

@@ -27,8 +27,8 @@ import torch
 
 from metalearn import io
 from metalearn.config import flatten
-from metalearn.learners.base import Learner, save_learner
-from metalearn.predictor import FEATURIZER_FILE, featurizer_config
+from metalearn.learn.learners.base import Learner, save_learner
+from metalearn.predict.predictor import FEATURIZER_FILE, featurizer_config
 from metalearn.secrets import copy_scrubbed, redact
 
 # --- lineage -------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def metric_key(key: str) -> str:
 
 def summary_metrics(scores: pd.DataFrame) -> dict[str, float]:
     """Every figure of evaluate.summarize as ``eval/<setting>/<metric>/k<k>/<learner>.<stat>``."""
-    from metalearn.evaluate import summarize
+    from metalearn.evaluate.protocol import summarize
 
     out = {}
     for row in summarize(scores).to_dict("records"):

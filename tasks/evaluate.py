@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from metalearn import io
-from metalearn.experiment import evaluate_learners
+from metalearn.evaluate.stage import evaluate_learners
 from tasks._common import ProgressArtifact, artifact_key, content_of, manifest_cache_key
 
 _HEADLINE = re.compile(r"^(?P<setting>[^.]+)\.(?P<learner>.+)\.k(?P<k>\d+)\.(?P<metric>.+)_(?P<stat>mean|median)$")

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from metalearn import io
 from metalearn.config import from_dict
-from metalearn.featurize import (
+from metalearn.features.plan import (
     FeaturePlan,
     FeaturizeConfig,
     assemble_features,

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from metalearn.config import from_dict
-from metalearn.ingest import IngestConfig, ingest
+from metalearn.ingest.stage import IngestConfig, ingest
 from tasks._common import artifact_key, markdown_table
 
 # MPIngestError messages that name a cause worth retrying later (the library already retried
@@ -55,7 +55,7 @@ def is_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 
     if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.RequestException)):
         return True
-    from metalearn.sources.mp import MPIngestError
+    from metalearn.ingest.mp import MPIngestError
 
     return isinstance(exc, MPIngestError) and bool(_TRANSIENT.search(str(exc)))
 
@@ -125,7 +125,7 @@ def _ingest_artifact(source: str, path: Path, manifest: Any, created: bool, n_qu
 @task(name="combine-snapshots", cache_policy=NO_CACHE)
 def combine(workdir: str, snapshot_dirs: list[str]) -> dict[str, Any]:
     """One snapshot of every ingested source (e.g. bundled + Open Catalyst) for features and shards."""
-    from metalearn.snapshot import combine_snapshots
+    from metalearn.ingest.snapshot import combine_snapshots
 
     result = combine_snapshots(Path(workdir), [Path(p) for p in snapshot_dirs])
     get_run_logger().info(result.summary())

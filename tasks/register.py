@@ -19,8 +19,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from metalearn import io
 from metalearn.config import from_dict
-from metalearn.experiment import task_type_of
-from metalearn.promotion import RegistryConfig
+from metalearn.learn.stage import task_type_of
+from metalearn.evaluate.gate import RegistryConfig
 from metalearn.registry import log_training_run, promote, resolve_tracking_uri
 from tasks._common import artifact_key, content_of, manifest_hash, markdown_table
 
@@ -39,7 +39,7 @@ def _register_key(ctx: Any, parameters: dict[str, Any]) -> str:
 
 def choose_candidate(headline: dict[str, float], regressors: list[str], metric: str, k: int) -> tuple[str, dict]:
     """The regressor with the best mean (over settings) of the median ``metric`` at ``k``; ties: first."""
-    from metalearn.evaluate import HIGHER_IS_BETTER
+    from metalearn.evaluate.protocol import HIGHER_IS_BETTER
 
     sign = -1.0 if HIGHER_IS_BETTER.get(metric, False) else 1.0  # lower is better after signing
     evidence: dict[str, float] = {}

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from metalearn.config import from_dict
-from metalearn.shards import ShardConfig, build_shards
+from metalearn.shards.define import ShardConfig, build_shards
 from tasks._common import artifact_key, manifest_cache_key, markdown_table
 
 INDEX_COLUMNS = ["task_id", "split", "n_rows", "property_key", "group", "task_type", "family"]
@@ -33,7 +33,7 @@ def build_task_shards(snapshot_dir: str, features_dir: str, workdir: str,
 
 
 def _shards_artifacts(path: Path, manifest: Any) -> None:
-    from metalearn.shard_io import read_index
+    from metalearn.shards.store import read_index
 
     counts = manifest.counts
     splits = counts.get("tasks_per_split") or {}

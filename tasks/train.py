@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from metalearn.experiment import train_learner
+from metalearn.learn.stage import train_learner
 from tasks._common import ProgressArtifact, artifact_key, manifest_cache_key
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # found by path (lazily, on first import) so any rootdir/import mode works.
 HELPERS = {
     "flow_support": REPO / "tests" / "flows" / "support.py",
-    "learner_support": REPO / "tests" / "learners" / "support.py",
+    "learner_support": REPO / "tests" / "learn" / "learners" / "support.py",
     "mp_server": REPO / "tests" / "mp_server.py",
     "score_tables": REPO / "tests" / "score_tables.py",
 }
@@ -57,9 +57,9 @@ SMALL_DATASETS = ("aflow__Egap", "OQMD_Bandgap", "mp_bulk_modulus", "aflow__ael_
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory) -> Path:
     """Real task shards from a small slice of the bundled data (ingest -> features -> shards)."""
-    from metalearn.featurize import FeaturizeConfig, build_features
-    from metalearn.ingest import IngestConfig, ingest
-    from metalearn.shards import ShardConfig, build_shards
+    from metalearn.features.plan import FeaturizeConfig, build_features
+    from metalearn.ingest.stage import IngestConfig, ingest
+    from metalearn.shards.define import ShardConfig, build_shards
 
     workdir = tmp_path_factory.mktemp("small-work")
     snap = ingest(workdir, IngestConfig(max_rows_per_dataset=400, datasets=SMALL_DATASETS)).path

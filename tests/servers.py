@@ -29,7 +29,7 @@ FORMULAS = ["Fe2O3", "NaCl", "MgO", "Al2O3", "SiO2", "TiO2", "ZnO", "CuO", "GaAs
 
 def make_shards(directory: Path) -> Path:
     """A shards directory with what the model needs: manifest.json and feature_stats.parquet."""
-    from metalearn.featurize import featurize_compositions
+    from metalearn.features.plan import featurize_compositions
 
     directory.mkdir(parents=True, exist_ok=True)
     features, _ = featurize_compositions(FORMULAS)
@@ -50,7 +50,7 @@ def make_shards(directory: Path) -> Path:
 
 def tiny_learners(n_features: int) -> tuple:
     """(regressor, classifier): an untrained deep-kernel GP (has a std) and a ProtoNet, small and on CPU."""
-    from metalearn.learners import build_learner
+    from metalearn.learn.learners import build_learner
 
     reg = build_learner("metric", n_features, "regression", hidden=(16,), embed_dim=8, device="cpu", seed=1)
     cls = build_learner("protonet", n_features, "classification", hidden=(16,), embed_dim=8, device="cpu", seed=2)

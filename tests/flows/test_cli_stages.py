@@ -7,7 +7,7 @@ import json
 import pytest
 from flow_support import TINY_DATASETS, cli
 
-from metalearn.ingest import IngestConfig, ingest
+from metalearn.ingest.stage import IngestConfig, ingest
 
 pytestmark = pytest.mark.slow
 

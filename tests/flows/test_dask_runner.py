@@ -9,7 +9,7 @@ import pytest
 from flow_support import TINY_DATASETS
 
 from metalearn import io
-from metalearn.ingest import IngestConfig, ingest
+from metalearn.ingest.stage import IngestConfig, ingest
 
 pytestmark = pytest.mark.slow
 

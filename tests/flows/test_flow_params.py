@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from metalearn.config import PROFILES, RunConfig, deep_merge, from_dict, resolve_stages
+from metalearn.config import deep_merge, from_dict
+from metalearn.pipeline import PROFILES, RunConfig, resolve_stages
 
 
 def test_profiles_quick_is_smaller_than_default():

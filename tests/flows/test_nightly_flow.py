@@ -62,7 +62,7 @@ def test_nightly_ends_with_a_registered_champion(first_run):
     assert out["shards_counts"]["tasks"] > 5
     assert set(out["trained"]) == {"fomaml", "metric", "protonet", "pretrained_ridge"}
     assert out["candidate"] in {"fomaml", "metric"}  # baselines are scored, never registered
-    from metalearn.snapshot import read_table
+    from metalearn.ingest.snapshot import read_table
 
     combined = read_table(Path(out["combined_snapshot"]), "records")
     assert combined["dataset_id"].str.startswith("oc20_dense").any()  # Open Catalyst reaches the shards

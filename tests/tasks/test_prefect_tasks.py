@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 from prefect.states import Failed
 
-from metalearn.sources.mp import MPIngestError
+from metalearn.ingest.mp import MPIngestError
 from tasks import ingest as ingest_tasks
 from tasks._common import artifact_key, manifest_cache_key, markdown_table
 from tasks.evaluate import headline_rows

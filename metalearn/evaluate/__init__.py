@@ -1,0 +1,1 @@
+"""Learners -> scores, report and the promotion gate: the k-shot protocol on unseen tasks."""

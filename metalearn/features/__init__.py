@@ -1,0 +1,1 @@
+"""Snapshot -> features + errors: matminer composition features (fast path), structure features, cache."""

@@ -1,0 +1,1 @@
+"""Source -> raw snapshot: bundled data, Materials Project (mp-api), Open Catalyst; validation and quarantine."""

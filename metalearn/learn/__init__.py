@@ -1,0 +1,1 @@
+"""Shards -> trained learners: episode sampling, models, the meta-training loop and the learners."""

@@ -1,0 +1,1 @@
+"""Registered model -> predictions: input table checks, the Predictor, the CSV consumer."""

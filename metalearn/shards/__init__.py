@@ -1,0 +1,1 @@
+"""Features -> task shards: task definition (property x chemistry group), leakage-free splits, storage."""
