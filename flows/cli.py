@@ -13,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from flows.cli_predict import add_predict_parser
+from flows.progress import progress_bar
+
 
 def _add_workdir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None,
@@ -24,39 +27,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     cfg = IngestConfig(source=args.source, max_rows_per_dataset=args.max_rows_per_dataset or None,
                        seed=args.seed, mp_endpoint=args.mp_endpoint)
-    result = ingest(Path(args.workdir) if args.workdir else None, cfg, on_progress=_progress_bar("ingest"))
+    result = ingest(Path(args.workdir) if args.workdir else None, cfg, on_progress=progress_bar("ingest"))
     print(result.summary())
     reasons = result.manifest.counts.get("quarantine_reasons") or {}
     for reason, count in sorted(reasons.items()):
         print(f"  quarantined {count:>6}  {reason}")
     return 0
-
-
-def _progress_bar(label: str):
-    """An on_progress callback drawing tqdm bars on stderr (library code stays UI-free).
-
-    Accepts ``(done, total)`` and the Materials Project pull's ``(stage, done, total)``; each stage
-    gets its own bar.
-    """
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(*args) -> None:
-        stage, (done, total) = (args[0], args[1:]) if len(args) == 3 else ("", args)
-        bar = bars.get(stage)
-        if bar is None:
-            desc = f"{label} {stage}".strip()
-            bar = bars[stage] = tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-            bars.pop(stage, None)
-
-    return on_progress
-
 
 
 # --- run / deploy: Prefect ------------------------------------------------------------------------
@@ -152,28 +128,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- predict: no Prefect, no flows ----------------------------------------------------------------
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from metalearn.predict.consumer import predict_csv
-
-    workdir = Path(args.workdir) if args.workdir else None
-
-    def load():
-        from metalearn.registry import load_model, resolve_tracking_uri
-
-        uri = resolve_tracking_uri(None, workdir)
-        try:
-            return load_model(args.model, uri)  # LookupError when the store has no such model
-        except OSError as exc:
-            raise RuntimeError(f"cannot load model {args.model!r} from {uri}: {exc}") from None
-
-    out = predict_csv(load, args.support, args.query, args.output, task_type=args.task_type,
-                      transform=args.transform)
-    print(f"{len(out)} predictions -> {args.output}")
-    return 0
-
-
 # --- the stages one at a time: the library, no Prefect ----------------------------------------------
 
 def cmd_featurize(args: argparse.Namespace) -> int:
@@ -257,15 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--profile", choices=["quick", "default"], default="default")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="adapt a registered model on support rows, predict query rows")
-    _add_workdir(predict)
-    predict.add_argument("--model", default="models:/metalearn@champion")
-    predict.add_argument("--support", required=True, help="CSV with formula,target (optional cif)")
-    predict.add_argument("--query", required=True, help="CSV with formula (optional cif)")
-    predict.add_argument("--output", required=True)
-    predict.add_argument("--task-type", choices=["regression", "classification"], default=None)
-    predict.add_argument("--transform", choices=["none", "log10"], default="none")
-    predict.set_defaults(func=cmd_predict)
+    add_predict_parser(sub, _add_workdir)
 
     deploy = sub.add_parser("deploy", help="register deployments/prefect.yaml with the server at PREFECT_API_URL")
     deploy.set_defaults(func=cmd_deploy)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.cli import _progress_bar
+from flows.progress import progress_bar
 
 
 def _profile(args: argparse.Namespace, stage: str) -> dict[str, Any]:
@@ -44,14 +44,14 @@ def featurize(args: argparse.Namespace) -> Path:
     workdir = resolve_workdir(args.workdir)
     snapshot = find_snapshot(workdir, args.snapshot, args.source)
     cfg = from_dict(FeaturizeConfig, _profile(args, "featurize"))
-    return build_features(snapshot, workdir, cfg, on_progress=_progress_bar("featurize"))
+    return build_features(snapshot, workdir, cfg, on_progress=progress_bar("featurize"))
 
 
 def shards(args: argparse.Namespace) -> int:
     from metalearn.config import from_dict
     from metalearn.io import resolve_workdir
-    from metalearn.shards.store import read_index
     from metalearn.shards.define import ShardConfig, build_shards
+    from metalearn.shards.store import read_index
 
     features = featurize(args)
     workdir = resolve_workdir(args.workdir)
@@ -93,7 +93,7 @@ def train(args: argparse.Namespace) -> int:
     if args.max_steps:
         cfg = deep_merge(cfg, {"train": {"max_steps": args.max_steps}})
     max_steps = cfg.get("train", {}).get("max_steps", 2000)
-    bar = _progress_bar(f"train {args.algorithm}")
+    bar = progress_bar(f"train {args.algorithm}")
     result = train_learner(_shards_dir(args), args.algorithm, cfg,
                            on_step=lambda step, logs: bar(step, max_steps) if step < max_steps else None)
     bar(max_steps, max_steps)
@@ -136,7 +136,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     cfg = to_jsonable(from_dict(EvalConfig, _profile(args, "evaluate")))
     out_dir = evaluation_dir(resolve_workdir(args.workdir), shards_dir, checkpoints, cfg)
-    result = evaluate_learners(shards_dir, checkpoints, cfg, out_dir, on_progress=_progress_bar("evaluate"))
+    result = evaluate_learners(shards_dir, checkpoints, cfg, out_dir, on_progress=progress_bar("evaluate"))
     summary = Path(result["summary_md"])
     print(summary.read_text() if summary.exists() else json.dumps(result["headline"], indent=2))
     print(f"scores: {result['scores_csv']}\nplot: {result['plot_png']}", file=sys.stderr)

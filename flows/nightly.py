@@ -33,8 +33,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.concurrency.sync import concurrency
 
 from metalearn.config import from_dict
-from metalearn.pipeline import RunConfig, resolve_stages
 from metalearn.io import resolve_workdir
+from metalearn.pipeline import RunConfig, resolve_stages
 from tasks import evaluate as evaluate_tasks
 from tasks import featurize as featurize_tasks
 from tasks import ingest as ingest_tasks

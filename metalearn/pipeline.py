@@ -151,8 +151,8 @@ def resolve_stages(run: RunConfig) -> dict[str, Any]:
     else:
         out["featurize"] = to_jsonable(from_dict(FeaturizeConfig, merged["featurize"]))
     from metalearn.evaluate.protocol import EvalConfig
-    from metalearn.learn.stage import ExperimentConfig, task_type_of
     from metalearn.learn.learners import build_learner
+    from metalearn.learn.stage import ExperimentConfig, task_type_of
 
     train: dict[str, Any] = {}
     for name in run.learners:

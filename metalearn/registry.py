@@ -42,9 +42,15 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from metalearn import io
+from metalearn.evaluate.gate import (
+    RegistryConfig,
+    compare_versions,
+    decision_record,
+    eval_protocol,
+    paired_gate,
+)
 from metalearn.learn.learners.base import Learner
 from metalearn.predict.predictor import Predictor
-from metalearn.evaluate.gate import RegistryConfig, compare_versions, decision_record, eval_protocol, paired_gate
 from metalearn.run_record import (
     git_commit,
     learner_tags,

@@ -19,8 +19,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from metalearn import io
 from metalearn.config import from_dict
-from metalearn.learn.stage import task_type_of
 from metalearn.evaluate.gate import RegistryConfig
+from metalearn.learn.stage import task_type_of
 from metalearn.registry import log_training_run, promote, resolve_tracking_uri
 from tasks._common import artifact_key, content_of, manifest_hash, markdown_table
 

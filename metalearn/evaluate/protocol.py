@@ -26,9 +26,15 @@ import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from metalearn.evaluate.report import (
+    HIGHER_IS_BETTER,
+    PairedComparison,
+    paired_comparison,
+    summarize,
+    write_report,
+)
 from metalearn.learn.learners.base import Learner
 from metalearn.learn.models import resolve_device
-from metalearn.evaluate.report import HIGHER_IS_BETTER, PairedComparison, paired_comparison, summarize, write_report
 from metalearn.learn.sampling import Task, inverse_transform, support_stats
 
 __all__ = [

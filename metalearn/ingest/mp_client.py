@@ -38,7 +38,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from metalearn import io
-from metalearn.ingest.snapshot import SnapshotResult, latest_snapshot, read_table, write_snapshot
 from metalearn.ingest.mp import (
     LAST_UPDATED,
     LISTING_FIELDS,
@@ -53,6 +52,7 @@ from metalearn.ingest.mp import (
     summary_frame,
     to_records,
 )
+from metalearn.ingest.snapshot import SnapshotResult, latest_snapshot, read_table, write_snapshot
 
 logger = logging.getLogger(__name__)
 

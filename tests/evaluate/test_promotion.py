@@ -7,7 +7,13 @@ from types import SimpleNamespace
 import pytest
 from score_tables import scores_table
 
-from metalearn.evaluate.gate import RegistryConfig, compare_versions, decision_record, eval_protocol, paired_gate
+from metalearn.evaluate.gate import (
+    RegistryConfig,
+    compare_versions,
+    decision_record,
+    eval_protocol,
+    paired_gate,
+)
 
 
 def version(number: int, learner: str, protocol: str = "p0") -> SimpleNamespace:

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metalearn.features.composition import matminer_featurizers
+from metalearn.features.composition_stats import _neutral_distinct, _neutral_product, compound_possible
 from metalearn.features.plan import (
     FEATURE_SET_VERSION,
     composition_feature_names,
@@ -21,8 +23,6 @@ from metalearn.features.plan import (
     featurize_structures,
     structure_feature_names,
 )
-from metalearn.features.composition import matminer_featurizers
-from metalearn.features.composition_stats import _neutral_distinct, _neutral_product, compound_possible
 from metalearn.features.structure import featurize_structures_matminer, structure_featurizers
 from metalearn.io import repo_data_dir
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from metalearn import io
-from metalearn.ingest.stage import IngestConfig, ingest
 from metalearn.ingest.snapshot import list_snapshots, read_table
+from metalearn.ingest.stage import IngestConfig, ingest
 
 
 def test_bundled_ingest_then_noop_reingest(workdir):

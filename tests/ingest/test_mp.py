@@ -19,7 +19,6 @@ from mp_server import TEST_KEY  # found by path through tests/conftest.py
 
 from metalearn import io
 from metalearn import schema as S
-from metalearn.ingest.snapshot import latest_snapshot, list_snapshots, read_table
 from metalearn.ingest.mp import (
     MP_PROPERTIES,
     SUMMARY_FIELDS,
@@ -31,6 +30,7 @@ from metalearn.ingest.mp import (
     to_records,
 )
 from metalearn.ingest.mp_client import ingest_mp
+from metalearn.ingest.snapshot import latest_snapshot, list_snapshots, read_table
 
 pytestmark = pytest.mark.usefixtures("offline_home")
 OTHER_KEY = "Zz9yXx8wVv7uTt6sRr5qPp4oNn3mLl2k"  # well-formed (32 chars) but not the server's key

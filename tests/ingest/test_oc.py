@@ -12,8 +12,8 @@ import pytest
 
 from metalearn import io
 from metalearn import schema as S
-from metalearn.ingest.snapshot import read_table
 from metalearn.ingest import oc
+from metalearn.ingest.snapshot import read_table
 from metalearn.ingest.validate import validate_records
 
 OC_DIR = io.repo_data_dir() / "oc"

@@ -162,8 +162,7 @@ def test_support_only_formulas_from_the_bundle_featurize_without_nan(predictor):
 
 
 def test_the_predictor_and_table_checks_are_still_importable_from_consumer():
-    from metalearn.predict import consumer
-    from metalearn.predict import predictor
+    from metalearn.predict import consumer, predictor
 
     for name in ("Predictor", "check_table", "choose_task_type", "featurizer_config", "resolve_formulas",
                  "FEATURIZER_FILE", "ROLE", "SUPPORT", "QUERY"):

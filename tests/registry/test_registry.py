@@ -18,8 +18,8 @@ from score_tables import SETTING, scores_table
 from servers import FORMULAS, make_shards, mlflow_server, tiny_learners
 
 from metalearn import registry
-from metalearn.registry import RegistryConfig
 from metalearn.learn.train import TrainConfig
+from metalearn.registry import RegistryConfig
 
 SECRET = "mpkey-" + "q7" * 13  # 32 characters, like a real MP key
 

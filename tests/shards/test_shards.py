@@ -7,8 +7,8 @@ import pytest
 
 from metalearn import schema as S
 from metalearn.chemistry import chemistry_group, parse_formula
-from metalearn.shards.define import ShardConfig, define_tasks
 from metalearn.ingest import bundled
+from metalearn.shards.define import ShardConfig, define_tasks
 from metalearn.shards.split import check_no_leakage
 
 
