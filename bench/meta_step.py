@@ -26,19 +26,22 @@ from torch.func import functional_call
 
 from metalearn.learn.learners import build_learner
 from metalearn.learn.learners.maml import MAML
-from metalearn.learn.models import resolve_device
+from metalearn.learn.learners.maml_functional import query_losses
+from metalearn.learn.learners.neural import amp_autocast, resolve_device
+from metalearn.learn.models import param_dict
 from metalearn.learn.sampling import TaskBatch
 
 N_FEATURES, HIDDEN = 132, (128, 128)
 
 
-def make_batch(n_tasks: int, k: int, q: int, device: torch.device, seed: int = 0) -> TaskBatch:
-    """Random regression episodes: x (T, k|q, 132), y (T, k|q)."""
+def make_batch(n_tasks: int, n_support: int, n_query: int, device: torch.device, seed: int = 0) -> TaskBatch:
+    """Random regression episodes: x (T, n_support | n_query, 132), y (T, n_support | n_query)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_tasks, k + q, N_FEATURES, generator=g)
-    y = torch.sin(x[..., :4].sum(-1)) + 0.1 * torch.randn(n_tasks, k + q, generator=g)
+    x = torch.randn(n_tasks, n_support + n_query, N_FEATURES, generator=g)
+    y = torch.sin(x[..., :4].sum(-1)) + 0.1 * torch.randn(n_tasks, n_support + n_query, generator=g)
     ids = tuple(f"t{i}" for i in range(n_tasks))
-    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], ids).to(device)
+    s, q = slice(None, n_support), slice(n_support, None)
+    return TaskBatch(x[:, s], y[:, s], x[:, q], y[:, q], ids).to(device)
 
 
 class LoopMAML:
@@ -102,8 +105,23 @@ def build(
         device=args.device,
         inner_steps=args.inner_steps if steps is None else steps,
         compile=compile_,
-        bf16=args.bf16,
+        amp=args.amp,
     )
+
+
+def vmap_losses(learner: MAML) -> Callable[[TaskBatch], torch.Tensor]:
+    """(T,) query losses through metalearn's vmapped path, with the graph the outer backward needs."""
+
+    def losses(batch: TaskBatch) -> torch.Tensor:
+        cfg = learner.cfg
+        with amp_autocast(learner.device, cfg.amp):
+            return query_losses(
+                learner.model, param_dict(learner.model), learner.lrs,
+                batch.x_support, batch.y_support, batch.x_query, batch.y_query,
+                task_type="regression", steps=cfg.inner_steps, first_order=cfg.first_order,
+            )
+
+    return losses
 
 
 def throughput(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -113,7 +131,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict]:
     land on one variant only; the best round is the least disturbed (as ``timeit`` takes the min).
     The CPU-time rate (process_time) is the contention-proof figure when --threads is 1.
     """
-    batch = make_batch(args.tasks, args.k, args.q, device)
+    batch = make_batch(args.tasks, args.n_support, args.n_query, device)
     rows = []
     for first_order in (False, True):
         order = "first" if first_order else "second"
@@ -158,9 +176,9 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
 
 def adapt_latency(args: argparse.Namespace, device: torch.device) -> dict:
-    """Seconds for adapt (inner_steps on one k-shot support set) + predict on its query rows."""
+    """Seconds for adapt (inner_steps on one n_support-shot support set) + predict on its query rows."""
     learner = build(args, first_order=False)
-    batch = make_batch(1, args.k, args.q, device, seed=1)
+    batch = make_batch(1, args.n_support, args.n_query, device, seed=1)
     times = []
     for _ in range(11):
         t0 = time.perf_counter()
@@ -222,13 +240,13 @@ def step_memory_mib(
 
 
 def memory_table(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    batch = make_batch(args.tasks, args.k, args.q, device)
+    batch = make_batch(args.tasks, args.n_support, args.n_query, device)
     rows = []
     for steps in (1, 5, 10, 20):
         row: dict = {"inner_steps": steps}
         for variant in ("loop", "maml", "fomaml"):
             learner = build(args, first_order=variant == "fomaml", steps=steps)
-            losses = LoopMAML(learner).losses if variant == "loop" else learner._batch_losses
+            losses = LoopMAML(learner).losses if variant == "loop" else vmap_losses(learner)
             step_memory_mib(losses, batch, device)  # warm-up: first-call allocations are not the step's
             row[variant] = min(step_memory_mib(losses, batch, device) for _ in range(2))
         rows.append(row)
@@ -244,8 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--tasks", type=int, default=16)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--q", type=int, default=20)
+    parser.add_argument("--n-support", type=int, default=10)
+    parser.add_argument("--n-query", type=int, default=20)
     parser.add_argument("--inner-steps", type=int, default=5)
     parser.add_argument(
         "--seconds", type=float, default=4.0, help="timed seconds per variant, over all rounds"
@@ -254,7 +272,7 @@ def main() -> None:
     # throughput (seen here: 2 threads under load ran 10x slower than 1).
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best one counts)")
@@ -269,7 +287,8 @@ def main() -> None:
         l2l = "learn2learn: not installed (0.2.0 fails to build on Python 3.11: longintrepr.h); the loop is its algorithm"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; {l2l}")
     print(
-        f"MLP {N_FEATURES}-{'-'.join(map(str, HIDDEN))}-1, {args.tasks} tasks, {args.k}-shot/{args.q}-query, "
+        f"MLP {N_FEATURES}-{'-'.join(map(str, HIDDEN))}-1, {args.tasks} tasks, "
+        f"{args.n_support}-shot/{args.n_query}-query, "
         f"{args.inner_steps} inner steps; AdamW outer step included\n\nmeta-steps/s (ratio to the per-task loop):\n"
     )
     print("| order  | variant                          | wall/s   | ratio  | CPU/s    | ratio  | warm-up s |")
@@ -278,7 +297,7 @@ def main() -> None:
     results["adapt"] = adapt_latency(args, device)
     a = results["adapt"]
     print(
-        f"\nadapt ({args.inner_steps} steps, {args.k}-shot) + predict ({args.q} rows): "
+        f"\nadapt ({args.inner_steps} steps, {args.n_support}-shot) + predict ({args.n_query} rows): "
         f"median {1e3 * a['median_s']:.1f} ms, first call {1e3 * a['first_s']:.1f} ms"
     )
     if not args.no_memory:

@@ -148,13 +148,16 @@ def seed_table(tab: pd.DataFrame) -> pd.DataFrame:
 
 # --- data ---------------------------------------------------------------------------------------
 def build_data(workdir: Path) -> Path:
-    from metalearn.features.plan import FeaturizeConfig, build_features
+    from metalearn.features.plan import FeaturizeConfig
+    from metalearn.features.stage import build_features
     from metalearn.ingest.stage import IngestConfig, ingest
-    from metalearn.shards.define import build_shards
+    from metalearn.layout import WorkDir
+    from metalearn.shards.stage import build_shards
 
-    snap = ingest(workdir, IngestConfig(max_rows_per_dataset=1500))
-    feats = build_features(snap.path, workdir, FeaturizeConfig(structure_features=False))
-    return Path(build_shards(snap.path, feats, workdir).path)
+    work = WorkDir.resolve(workdir)
+    snap = ingest(work, IngestConfig(max_rows_per_dataset=1500))
+    feats = build_features(snap.path, work, FeaturizeConfig(structure_features=False))
+    return Path(build_shards(snap.path, feats, work).path)
 
 
 # --- training and scoring -------------------------------------------------------------------------
@@ -163,12 +166,13 @@ def slug(label: str) -> str:
 
 
 def train(shards: Path, run: Run, workdir: Path) -> dict[str, Any]:
-    from metalearn.learn.stage import train_learner
+    from metalearn.layout import WorkDir
+    from metalearn.learn.stage import LearnerConfig, train_learner
 
-    cfg = {"n_support": 10, "n_query": 20, "hyperparams": run.hyperparams, "train": {**TRAIN, **run.train}}
+    cfg = LearnerConfig.from_params({"n_support": 10, "n_query": 20, **TRAIN, **run.train}, run.hyperparams)
     started = time.perf_counter()
-    try:
-        result = train_learner(shards, run.algorithm, cfg, out_dir=workdir / "runs" / slug(run.label))
+    try:  # each configuration trains into its own content-keyed directory under the work directory
+        result = train_learner(WorkDir.resolve(workdir), shards, run.algorithm, cfg)
     except FloatingPointError as err:  # a diverged run is a result of the grid, not a crash of it
         print(f"  {run.label}: diverged ({err})", flush=True)
         return None
@@ -185,7 +189,7 @@ def score(tasks, learners: dict[str, Any], cache: Path, draws: int) -> pd.DataFr
     if cache.exists():
         return pd.read_csv(cache)
     started = time.perf_counter()
-    scores = evaluate(tasks, learners, EvalConfig(ks=KS, n_draws=draws, n_query=N_QUERY, device="cpu"))
+    scores = evaluate(tasks, learners, EvalConfig(n_support=KS, n_draws=draws, n_query=N_QUERY, device="cpu"))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     scores.to_csv(tmp, index=False)
@@ -224,7 +228,7 @@ def score_run(shards: Path, tasks, run: Run, workdir: Path, draws: int) -> dict[
 
 def table(all_scores: pd.DataFrame, workdir: Path, draws: int) -> pd.DataFrame:
     """One row per learner label: meta-val medians at each k, win rates vs mean and rf at k=10, times."""
-    from metalearn.evaluate.protocol import summarize
+    from metalearn.evaluate.report import summarize
 
     summary = summarize(all_scores[all_scores["metric"] == "mae_mad"], baselines=("mean", "rf"))
     rows = []

@@ -1,7 +1,8 @@
 """``metalearn featurize | shards | train | evaluate``: one stage at a time, straight through the library.
 
 No Prefect here (fast to start, nothing to serve): the same library calls the tasks make, with
-tqdm progress bars on stderr. Stage settings come from the run profile (metalearn.config.PROFILES).
+tqdm progress bars on stderr. Stage settings come from the run profile (metalearn.pipeline.PROFILES)
+and are validated once, by :func:`metalearn.pipeline.resolve_stages`.
 """
 
 from __future__ import annotations
@@ -10,61 +11,56 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+
+import pandas as pd
 
 from flows.progress import progress_bar
+from metalearn import io
+from metalearn.evaluate.stage import evaluate_learners
+from metalearn.features.stage import build_features
+from metalearn.ingest.snapshot import latest_snapshot
+from metalearn.layout import WorkDir
+from metalearn.learn.stage import RESULT, train_learner
+from metalearn.pipeline import RunConfig, Stages, learner_config, resolve_stages
+from metalearn.shards.stage import build_shards
+from metalearn.shards.store import latest_shards, read_index
 
 
-def _profile(args: argparse.Namespace, stage: str) -> dict[str, Any]:
-    from metalearn.pipeline import PROFILES
+def _stages(args: argparse.Namespace) -> Stages:
+    """The profile's stage configs, validated the way a flow run validates them."""
+    return resolve_stages(RunConfig.from_params({"profile": args.profile}))
 
-    return dict(PROFILES[args.profile].get(stage, {}))
 
-
-def find_snapshot(workdir: Path, snapshot_id: str | None, source: str) -> Path:
+def find_snapshot(work: WorkDir, snapshot_id: str | None, source: str) -> Path:
     """The snapshot ``snapshot_id`` (any source), else the newest snapshot of ``source``."""
-    from metalearn.ingest.snapshot import latest_snapshot
-
     if snapshot_id:
-        found = [p for p in (workdir / "raw").glob(f"*/{snapshot_id}") if (p / "manifest.json").exists()]
+        found = [p for p in work.raw_root().glob(f"*/{snapshot_id}") if (p / io.MANIFEST).exists()]
         if not found:
-            raise FileNotFoundError(f"no complete snapshot {snapshot_id!r} under {workdir / 'raw'}")
+            raise FileNotFoundError(f"no complete snapshot {snapshot_id!r} under {work.raw_root()}")
         return found[0]
-    latest = latest_snapshot(workdir, source)
+    latest = latest_snapshot(work, source)
     if latest is None:
-        raise FileNotFoundError(f"no {source} snapshot under {workdir / 'raw'}; run `metalearn ingest` first")
+        raise FileNotFoundError(f"no {source} snapshot under {work.raw_root()}; run `metalearn ingest` first")
     return latest
 
 
 def featurize(args: argparse.Namespace) -> Path:
-    from metalearn.config import from_dict
-    from metalearn.features.plan import FeaturizeConfig, build_features
-    from metalearn.io import resolve_workdir
-
-    workdir = resolve_workdir(args.workdir)
-    snapshot = find_snapshot(workdir, args.snapshot, args.source)
-    cfg = from_dict(FeaturizeConfig, _profile(args, "featurize"))
-    return build_features(snapshot, workdir, cfg, on_progress=progress_bar("featurize"))
+    work = WorkDir.resolve(args.workdir)
+    snapshot = find_snapshot(work, args.snapshot, args.source)
+    return build_features(snapshot, work, _stages(args).featurize, on_progress=progress_bar("featurize"))
 
 
 def shards(args: argparse.Namespace) -> int:
-    from metalearn.config import from_dict
-    from metalearn.io import resolve_workdir
-    from metalearn.shards.define import ShardConfig, build_shards
-    from metalearn.shards.store import read_index
-
     features = featurize(args)
-    workdir = resolve_workdir(args.workdir)
-    snapshot = find_snapshot(workdir, args.snapshot, args.source)
-    result = build_shards(snapshot, features, workdir, from_dict(ShardConfig, _profile(args, "shards")))
+    work = WorkDir.resolve(args.workdir)
+    snapshot = find_snapshot(work, args.snapshot, args.source)
+    result = build_shards(snapshot, features, work, _stages(args).shards)
     counts = result.manifest.counts
     print(result.summary())
     print("tasks per split: " + ", ".join(f"{k} {v}" for k, v in counts.get("tasks_per_split", {}).items()))
     print(f"rows: {counts.get('rows')}  properties: {counts.get('properties')}  families: "
           f"{counts.get('families')}  groups: {counts.get('groups')}  excluded: {counts.get('excluded')}")
     if args.list:
-        import pandas as pd
-
         index = read_index(result.path)
         columns = [c for c in ("task_id", "split", "n_rows", "property_key", "unit", "group", "task_type")
                    if c in index.columns]
@@ -74,52 +70,40 @@ def shards(args: argparse.Namespace) -> int:
 
 
 def _shards_dir(args: argparse.Namespace) -> Path:
-    from metalearn.io import resolve_workdir
-    from metalearn.shards.store import latest_shards
-
     if args.shards:
         return Path(args.shards)
-    found = latest_shards(resolve_workdir(args.workdir))
+    found = latest_shards(WorkDir.resolve(args.workdir))
     if found is None:
         raise FileNotFoundError("no task shards in the work directory; run `metalearn shards` first")
     return found
 
 
 def train(args: argparse.Namespace) -> int:
-    from metalearn.config import deep_merge
-    from metalearn.learn.stage import train_learner
-
-    cfg = _profile(args, "train")
-    if args.max_steps:
-        cfg = deep_merge(cfg, {"train": {"max_steps": args.max_steps}})
-    max_steps = cfg.get("train", {}).get("max_steps", 2000)
-    bar = progress_bar(f"train {args.algorithm}")
-    result = train_learner(_shards_dir(args), args.algorithm, cfg,
+    overrides = {"train": {"max_steps": args.max_steps}} if args.max_steps else {}
+    cfg = learner_config(RunConfig.from_params({"profile": args.profile, **overrides}), args.learner)
+    max_steps = cfg.loop.max_steps
+    bar = progress_bar(f"train {args.learner}")
+    result = train_learner(WorkDir.resolve(args.workdir), _shards_dir(args), args.learner, cfg,
                            on_step=lambda step, logs: bar(step, max_steps) if step < max_steps else None)
     bar(max_steps, max_steps)
-    print(json.dumps({k: result[k] for k in ("algorithm", "checkpoint", "metrics", "stopped", "cached")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("learner", "checkpoint", "metrics", "stopped", "cached")}, indent=2))
     return 0
 
 
-def trained_learners(shards_dir: Path) -> dict[str, str]:
-    """Every learner trained on these shards (the newest per algorithm): name -> checkpoint."""
-    from metalearn.learn.stage import RESULT, ExperimentConfig, model_dir
-
-    root = model_dir(shards_dir, "any", ExperimentConfig()).parent  # models/<shards hash>/
+def trained_learners(work: WorkDir, shards_dir: Path) -> dict[str, str]:
+    """Every learner trained on these shards (the newest per learner): name -> checkpoint."""
+    root = work.models(io.read_manifest(shards_dir).content_hash[:12])
     found: dict[str, tuple[float, str]] = {}
     for result in root.glob(f"*/{RESULT}"):
         info = json.loads(result.read_text())
         mtime = result.stat().st_mtime
-        if info["algorithm"] not in found or mtime > found[info["algorithm"]][0]:
-            found[info["algorithm"]] = (mtime, info["checkpoint"])
+        if info["learner"] not in found or mtime > found[info["learner"]][0]:
+            found[info["learner"]] = (mtime, info["checkpoint"])
     return {name: path for name, (_, path) in sorted(found.items())}
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from metalearn.evaluate.stage import evaluate_learners
-    from metalearn.io import resolve_workdir
-    from tasks.evaluate import evaluation_dir
-
+    work = WorkDir.resolve(args.workdir)
     shards_dir = _shards_dir(args)
     if args.learner:
         pairs = [item.split("=", 1) for item in args.learner]
@@ -128,16 +112,11 @@ def evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--learner takes NAME=CHECKPOINT, got {bad}")
         checkpoints = dict(pairs)
     else:
-        checkpoints = trained_learners(shards_dir)
+        checkpoints = trained_learners(work, shards_dir)
         if not checkpoints:
             raise FileNotFoundError(f"no trained learner for {shards_dir}; run `metalearn train` first")
-    from metalearn.config import from_dict, to_jsonable
-    from metalearn.evaluate.protocol import EvalConfig
-
-    cfg = to_jsonable(from_dict(EvalConfig, _profile(args, "evaluate")))
-    out_dir = evaluation_dir(resolve_workdir(args.workdir), shards_dir, checkpoints, cfg)
-    result = evaluate_learners(shards_dir, checkpoints, cfg, out_dir, on_progress=progress_bar("evaluate"))
-    summary = Path(result["summary_md"])
-    print(summary.read_text() if summary.exists() else json.dumps(result["headline"], indent=2))
+    result = evaluate_learners(work, shards_dir, checkpoints, _stages(args).evaluate,
+                               on_progress=progress_bar("evaluate"))
+    print(Path(result["summary_md"]).read_text())
     print(f"scores: {result['scores_csv']}\nplot: {result['plot_png']}", file=sys.stderr)
     return 0

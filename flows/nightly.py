@@ -26,41 +26,38 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.concurrency.sync import concurrency
 
+from flows.slots import NIGHTLY_WAIT_S, nightly_slot
 from metalearn.config import from_dict
-from metalearn.io import resolve_workdir
-from metalearn.pipeline import RunConfig, resolve_stages
+from metalearn.features.plan import FeaturizeConfig
+from metalearn.layout import WorkDir
+from metalearn.learn.stage import uses_representation
+from metalearn.pipeline import RunConfig, Stages, resolve_stages
+from metalearn.represent.vectors import snapshot_of_shards
+from metalearn.shards.store import latest_shards
+from metalearn.threads import THREADS_ENV
+from metalearn.worklock import WorkDirLock
 from tasks import evaluate as evaluate_tasks
 from tasks import featurize as featurize_tasks
 from tasks import ingest as ingest_tasks
 from tasks import register as register_tasks
+from tasks import represent as represent_tasks
 from tasks import shards as shards_tasks
 from tasks import train as train_tasks
+from tasks._common import ProgressArtifact, artifact_key
+from tasks.publish import ensure_published
 
-NIGHTLY_LIMIT = "metalearn-nightly"  # global concurrency limit: one nightly run at a time
-NIGHTLY_WAIT_S = 6 * 3600  # a run waiting longer than this for the slot fails instead of piling up
 FLOW_NAME = "metalearn-nightly"
-
-
-def ensure_global_limit(name: str = NIGHTLY_LIMIT, limit: int = 1) -> None:
-    """Create the global concurrency limit ``name`` unless it exists (an existing limit is left as set)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            except ObjectAlreadyExists:  # created by a run starting at the same moment
-                pass
+_D = RunConfig()  # the one source of the flows' parameter defaults
 
 
 def fresh(task_obj: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -72,34 +69,70 @@ def fresh(task_obj: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return result
 
 
-def featurize_snapshot(snapshot_dir: str, workdir: str, featurize_cfg: dict[str, Any]) -> dict[str, Any]:
+def use_threads(threads: int | None) -> None:
+    """The run's thread count for every stage (read by metalearn.threads.limited in each stage)."""
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(threads)
+
+
+class StageClock:
+    """Wall time per stage of one flow run, for the one-line summaries ``metalearn run`` prints."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 2)
+
+
+def featurize_snapshot(snapshot_dir: str, workdir: str, featurize_cfg: FeaturizeConfig) -> dict[str, Any]:
     """plan -> chunks fanned out over the flow's task runner -> assemble."""
     feature_plan = featurize_tasks.plan(snapshot_dir, workdir, featurize_cfg)
-    if feature_plan["chunks"]:
-        futures = featurize_tasks.chunk.map(feature_plan["chunks"], cache_dir=unmapped(feature_plan["cache_dir"]))
-        futures.result()  # raises if any chunk failed (after its retries)
-    return fresh(featurize_tasks.assemble, feature_plan)
+    chunks = feature_plan["chunks"]
+    if chunks:
+        progress = ProgressArtifact(artifact_key("features-progress"), "feature chunks done", label="featurize")
+        futures = featurize_tasks.chunk.map(chunks, cache_dir=unmapped(feature_plan["cache_dir"]))
+        for done, future in enumerate(futures, start=1):
+            future.result()  # raises if the chunk failed (after its retries)
+            progress.update(done, len(chunks))
+        progress.done()
+    return ensure_published("features", fresh(featurize_tasks.assemble, feature_plan))
 
 
-def train_evaluate_register(run: RunConfig, stages: dict[str, Any], root: str, shards_dir: str,
-                            manifests: dict[str, str]) -> dict[str, Any]:
-    """Meta-train both learners (one after the other), evaluate them with the baselines, register, promote."""
-    trained = {name: fresh(train_tasks.meta_train, shards_dir, name, stages["train"][name])
-               for name in run.learners}
-    evaluation = fresh(evaluate_tasks.evaluate, shards_dir,
-                       {name: result["checkpoint"] for name, result in trained.items()}, stages["evaluate"], root)
-    configs = {"profile": {"name": run.profile}, "ingest": stages["ingest"], "featurize": stages["featurize"],
-               "shards": stages["shards"], "train": stages["train"], "eval": stages["evaluate"]}
+def train_evaluate_register(run: RunConfig, stages: Stages, root: str, shards_dir: str, snapshot_dir: str,
+                            manifests: dict[str, str], clock: StageClock) -> dict[str, Any]:
+    """Represent, meta-train every learner (one after the other), evaluate them with the baselines,
+    register the best, promote it on a paired win."""
+    with clock.stage("represent"):
+        representation = ensure_published("represent", fresh(represent_tasks.represent, root, snapshot_dir,
+                                                             shards_dir, stages.represent))
+    vectors = representation["path"]
+    with clock.stage("train"):
+        trained = {name: fresh(train_tasks.meta_train, root, shards_dir, name, stages.learners[name],
+                               vectors if uses_representation(name) else None)
+                   for name in run.learners}
+    with clock.stage("evaluate"):
+        evaluation = ensure_published("evaluate", fresh(
+            evaluate_tasks.evaluate, root, shards_dir, {name: r["checkpoint"] for name, r in trained.items()},
+            stages.evaluate, vectors))
+    manifests = {**manifests, "representation": representation["representation_dir"]}
+    configs = {"profile": {"name": run.profile}, **stages.logged()}
     candidates = {name: trained[name] for name in run.registered_learners}  # baselines are scored, not shipped
-    registered = register_tasks.register(shards_dir, candidates, evaluation, configs, manifests, root,
-                                         stages["registry"])
-    decision = register_tasks.promote_candidate(registered, enabled=run.promote)
+    with clock.stage("register"):
+        registered = ensure_published("register", register_tasks.register(
+            shards_dir, candidates, evaluation, configs, manifests, root, stages.registry))
+        decision = ensure_published("promote", register_tasks.promote_candidate(registered, enabled=run.promote))
     return {
         "trained": {n: {"checkpoint": r["checkpoint"], "metrics": r["metrics"]} for n, r in trained.items()},
         "evaluation": evaluation["path"], "candidate": registered["candidate"],
         "model_version": registered["version"], "run_id": registered["run_id"],
         "tracking_uri": registered["tracking_uri"], "decision": decision["decision"],
-        "champion": decision.get("champion"),
+        "champion": decision.get("champion"), "stage_seconds": clock.seconds,
     }
 
 
@@ -117,81 +150,91 @@ def _on_deployment(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
 
 @flow(name=FLOW_NAME, description="ingest -> featurize -> shards -> meta-train -> evaluate -> register/promote")
 def nightly(
-    profile: str = "default",
-    source: str = "auto",
-    include_oc: bool = True,
-    workdir: str | None = None,
-    mp_secret_block: str = "mp-api-key",
-    gradient_learner: str = "fomaml",
-    metric_learner: str = "metric",
-    classifier_learner: str | None = "protonet",
-    pretrained_baseline: bool = True,
+    profile: str = _D.profile,
+    source: str = _D.source,
+    include_oc: bool = _D.include_oc,
+    workdir: str | None = _D.workdir,
+    mp_secret_block: str = _D.mp_secret_block,
+    gradient_learner: str = _D.gradient_learner,
+    metric_learner: str = _D.metric_learner,
+    classifier_learner: str | None = _D.classifier_learner,
+    transfer_learners: list[str] | None = None,
+    pretrained_baseline: bool = _D.pretrained_baseline,
     hyperparams: dict[str, dict[str, Any]] | None = None,
-    model_name: str = "metalearn",
-    promote: bool = True,
-    train_deployment: str | None = None,
+    model_name: str = _D.model_name,
+    promote: bool = _D.promote,
+    train_deployment: str | None = _D.train_deployment,
     registry: dict[str, Any] | None = None,
     ingest: dict[str, Any] | None = None,
     featurize: dict[str, Any] | None = None,
     shards: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
     evaluate: dict[str, Any] | None = None,
+    represent: dict[str, Any] | None = None,
+    threads: int | None = _D.threads,
 ) -> dict[str, Any]:
-    """The whole pipeline; parameters as in :class:`metalearn.config.RunConfig`.
+    """The whole pipeline; parameters and their defaults as in :class:`metalearn.pipeline.RunConfig`.
 
     Returns:
         JSON-able summary: snapshot, features, shards, trained learners, headline, registered
         version and the promotion decision (or the training deployment's flow run).
     """
-    run = from_dict(RunConfig, {k: v for k, v in locals().items() if v is not None})
+    run = RunConfig.from_params(dict(locals()))
     stages = resolve_stages(run)
+    use_threads(run.threads)
     logger = get_run_logger()
-    root = str(resolve_workdir(run.workdir))
+    work = WorkDir.resolve(run.workdir)
+    root = str(work.root)
     logger.info("profile %s, workdir %s, learners %s", run.profile, root, run.learners)
-    ensure_global_limit()
-    with concurrency(NIGHTLY_LIMIT, occupy=1, timeout_seconds=NIGHTLY_WAIT_S, strict=True):
-        chosen = ingest_tasks.choose_source(run.source, run.mp_secret_block)
-        snapshot = ingest_tasks.ingest_snapshot(root, chosen, stages["ingest"], run.mp_secret_block)
-        oc = ingest_tasks.ingest_snapshot.with_options(retries=0)(root, "oc", stages["ingest"]) \
-            if run.include_oc else None
-        # Features and shards read one snapshot: Open Catalyst joins the main source's records here.
-        combined = ingest_tasks.combine(root, [snapshot["path"], oc["path"]]) if oc else snapshot
-        features = featurize_snapshot(combined["path"], root, stages["featurize"])
-        task_shards = fresh(shards_tasks.build_task_shards, combined["path"], features["path"], root,
-                            stages["shards"])
+    with WorkDirLock(work.lock_file(), wait_s=NIGHTLY_WAIT_S, on_wait=logger.warning), \
+            nightly_slot(logger.warning):
+        clock = StageClock()
+        with clock.stage("ingest"):
+            chosen = ingest_tasks.choose_source(run.source, run.mp_secret_block)
+            snapshot = ingest_tasks.ingest_snapshot(root, chosen, stages.ingest, run.mp_secret_block)
+            oc = ingest_tasks.ingest_snapshot.with_options(retries=0)(root, "oc", stages.ingest) \
+                if run.include_oc else None
+            # Features and shards read one snapshot: Open Catalyst joins the main source's records here.
+            combined = ingest_tasks.combine(root, [snapshot["path"], oc["path"]]) if oc else snapshot
+        with clock.stage("features"):
+            features = featurize_snapshot(combined["path"], root, stages.featurize)
+        with clock.stage("shards"):
+            task_shards = ensure_published("shards", fresh(shards_tasks.build_task_shards, combined["path"],
+                                                           features["path"], root, stages.shards))
         manifests = {"snapshot": combined["path"], "features": features["path"]}
-        stages["ingest"] = {**stages["ingest"], "source": chosen}  # logged to MLflow with the other configs
+        stages = dataclasses.replace(stages, ingest=dataclasses.replace(stages.ingest, source=chosen))
         if run.train_deployment:
-            params = {k: v for k, v in dataclasses.asdict(run).items() if k in _RETRAIN_FIELDS}
-            trained = _on_deployment(run.train_deployment, {**params, "workdir": root,
-                                                            "shards_dir": task_shards["path"], **manifests})
+            params = {k: v for k, v in dataclasses.asdict(run).items() if k in retrain_fields()}
+            with clock.stage("represent+train+evaluate+register (deployment)"):
+                trained = _on_deployment(run.train_deployment, {**params, "workdir": root,
+                                                                "shards_dir": task_shards["path"], **manifests})
+            trained["stage_seconds"] = clock.seconds
         else:
-            trained = train_evaluate_register(run, stages, root, task_shards["path"], manifests)
+            trained = train_evaluate_register(run, stages, root, task_shards["path"], combined["path"], manifests,
+                                              clock)
     return {"workdir": root, "profile": run.profile, "source": chosen, "snapshot": snapshot["path"],
             "oc_snapshot": oc["path"] if oc else None, "combined_snapshot": combined["path"], "features": features["path"],
             "shards": task_shards["path"], "shards_counts": task_shards["counts"], **trained}
 
 
-_RETRAIN_FIELDS = ("profile", "gradient_learner", "metric_learner", "classifier_learner", "pretrained_baseline",
-                   "hyperparams", "model_name", "promote",
-                   "registry", "train", "evaluate")
-
-
 @flow(name="metalearn-retrain", description="meta-train -> evaluate -> register/promote on existing shards")
 def retrain(
     shards_dir: str | None = None,
-    profile: str = "default",
-    workdir: str | None = None,
-    gradient_learner: str = "fomaml",
-    metric_learner: str = "metric",
-    classifier_learner: str | None = "protonet",
-    pretrained_baseline: bool = True,
+    profile: str = _D.profile,
+    workdir: str | None = _D.workdir,
+    gradient_learner: str = _D.gradient_learner,
+    metric_learner: str = _D.metric_learner,
+    classifier_learner: str | None = _D.classifier_learner,
+    transfer_learners: list[str] | None = None,
+    pretrained_baseline: bool = _D.pretrained_baseline,
     hyperparams: dict[str, dict[str, Any]] | None = None,
-    model_name: str = "metalearn",
-    promote: bool = True,
+    model_name: str = _D.model_name,
+    promote: bool = _D.promote,
     registry: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
     evaluate: dict[str, Any] | None = None,
+    represent: dict[str, Any] | None = None,
+    threads: int | None = _D.threads,
     snapshot: str | None = None,
     features: str | None = None,
 ) -> dict[str, Any]:
@@ -201,32 +244,28 @@ def retrain(
         shards_dir: the task shards to train on (default: the newest under the work directory).
         snapshot / features: their upstream directories, logged to MLflow as lineage when given.
     """
-    run = from_dict(RunConfig, {k: v for k, v in locals().items()
-                                if v is not None and k not in ("shards_dir", "snapshot", "features")})
+    run = RunConfig.from_params({k: v for k, v in locals().items() if k not in ("shards_dir", "snapshot", "features")})
     stages = resolve_stages(run)
-    root = str(resolve_workdir(run.workdir))
+    use_threads(run.threads)
+    work = WorkDir.resolve(run.workdir)
+    root = str(work.root)
     if shards_dir is None:
-        from metalearn.shards.store import latest_shards
-
-        found = latest_shards(Path(root))
+        found = latest_shards(work)
         if found is None:
             raise ValueError(f"no task shards under {root}; run the nightly flow (or `metalearn shards`) first")
         shards_dir = str(found)
     get_run_logger().info("retraining %s on %s", run.learners, shards_dir)
+    snapshot = snapshot or str(snapshot_of_shards(work, Path(shards_dir)))
     manifests = {k: v for k, v in (("snapshot", snapshot), ("features", features)) if v}
     return {"workdir": root, "shards": shards_dir,
-            **train_evaluate_register(run, stages, root, shards_dir, manifests)}
+            **train_evaluate_register(run, stages, root, shards_dir, snapshot, manifests, StageClock())}
 
 
 @flow(name="metalearn-features", description="featurize one snapshot (plan, chunks fanned out, assemble)")
 def features_flow(snapshot_dir: str, workdir: str, featurize: dict[str, Any] | None = None) -> dict[str, Any]:
     """The featurize stage alone, on the flow's task runner (``metalearn featurize``, Dask checks)."""
-    from metalearn.features.plan import FeaturizeConfig
-
     cfg = from_dict(FeaturizeConfig, featurize or {})
-    from dataclasses import asdict
-
-    return featurize_snapshot(snapshot_dir, str(resolve_workdir(workdir)), asdict(cfg))
+    return featurize_snapshot(snapshot_dir, str(WorkDir.resolve(workdir).root), cfg)
 
 
 def task_runner(kind: str = "default", address: str | None = None) -> Any:
@@ -251,3 +290,8 @@ def with_runner(kind: str = "default", address: str | None = None, flow_obj: Any
     flow_obj = flow_obj or nightly
     runner = task_runner(kind, address)
     return flow_obj if runner is None else flow_obj.with_options(task_runner=runner)
+
+
+def retrain_fields() -> tuple[str, ...]:
+    """The RunConfig fields the retrain flow takes (read from its signature, not listed again)."""
+    return tuple(name for name in inspect.signature(retrain.fn).parameters if name in _D.__dataclass_fields__)

@@ -1,8 +1,9 @@
-"""Atomic Parquet/JSON writes, content hashes and the on-disk layout of the work directory.
+"""Atomic Parquet/JSON writes, content and file hashes, and moving a damaged output aside.
 
 Why atomic: a run killed halfway must never leave a file (or a snapshot directory) that a later
 stage could read as complete. Everything is written to a temporary sibling and renamed into place;
-a directory is "published" by renaming a fully written temp directory.
+a directory is "published" by renaming a fully written temp directory. Where outputs live under the
+work directory is :class:`metalearn.layout.WorkDir`'s business, not this module's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,8 @@ from metalearn.schema import Manifest
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
-
-
-def resolve_workdir(workdir: str | os.PathLike | None = None) -> Path:
-    """The one work directory for runtime outputs: ``workdir``, else ``$METALEARN_HOME``, else ./.metalearn."""
-    chosen = workdir or os.environ.get("METALEARN_HOME") or ".metalearn"
-    path = Path(chosen).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+CORRUPT_MARK = ".corrupt-"  # <dir>.corrupt-<UTC time>: a damaged output moved aside, kept for inspection
+_HASH_CHUNK = 1 << 22
 
 
 def repo_data_dir() -> Path:
@@ -75,8 +71,12 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-def write_parquet_atomic(path: Path, table: pa.Table | pd.DataFrame, schema: pa.Schema | None = None) -> None:
-    """Write a Parquet file atomically; DataFrames are converted with ``schema`` when given."""
+def write_parquet_atomic(path: Path, table: pa.Table | pd.DataFrame, schema: pa.Schema | None = None) -> str:
+    """Write a Parquet file atomically; DataFrames are converted with ``schema`` when given.
+
+    Returns:
+        the SHA-256 (hex) of the file's bytes as written, for a manifest to record.
+    """
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +86,12 @@ def write_parquet_atomic(path: Path, table: pa.Table | pd.DataFrame, schema: pa.
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        digest = hash_file(Path(tmp))  # just written, so read back from the page cache
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return digest
 
 
 @contextmanager
@@ -127,6 +129,27 @@ def clean_stale_tmp(parent: Path) -> int:
             item.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def move_aside(path: Path, mark: str = CORRUPT_MARK) -> Path:
+    """Rename ``path`` to ``<path>.corrupt-<UTC time>`` (same parent) and return the new path.
+
+    Why rename, not delete: a damaged output is evidence (of a disk fault, a killed copy, a bug);
+    readers skip names carrying ``mark`` and a rerun recomputes the output.
+    """
+    target = path.with_name(f"{path.name}{mark}{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def hash_bytes(*chunks: bytes) -> str:

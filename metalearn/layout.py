@@ -63,6 +63,16 @@ class WorkDir:
         """One feature set's outputs: per-snapshot feature tables, the material cache, chunk plans."""
         return self.root / "features" / feature_set
 
+    def feature_table(self, feature_set: str, key: str) -> Path:
+        """One snapshot's features: ``features/<feature_set>/<key>/`` (key chosen by the features stage)."""
+        return self.features(feature_set) / key
+
+    def all_feature_tables(self) -> list[Path]:
+        """Every per-snapshot features directory of every feature set (not the cache, not the plans)."""
+        root = self.root / "features"
+        skip = {"cache", "plans"}
+        return sorted(p for p in root.glob("*/*") if p.is_dir() and p.name not in skip) if root.exists() else []
+
     def feature_cache(self, feature_set: str) -> Path:
         return self.features(feature_set) / "cache"
 
@@ -75,6 +85,10 @@ class WorkDir:
 
     def shards(self, snapshot_id: str, feature_set: str, config_key: str) -> Path:
         return self.shards_root() / snapshot_id / feature_set / config_key
+
+    def all_shards(self) -> list[Path]:
+        """Every directory at the depth of :meth:`shards` (complete, staged or set aside alike)."""
+        return sorted(p for p in self.shards_root().glob("*/*/*") if p.is_dir())
 
     # --- representation ---
     def representations(self) -> Path:

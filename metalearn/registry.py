@@ -10,9 +10,17 @@ featurizes the formulas with the feature set it was trained on, adapts its learn
 rows and returns ``prediction`` (+ ``uncertainty``) for the query rows. Versions get the alias
 ``challenger``; :func:`promote` moves ``champion`` only on a paired win on the same meta-test draws.
 
+The model is self-contained: it carries this ``metalearn`` package (MLflow ``code_paths``), the
+featurizer's names, settings and elemental tables, and a requirements list of published packages
+only, so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work where this repository is
+absent. Bad input raises ``MlflowException(..., INVALID_PARAMETER_VALUE)`` from the pyfunc, so a
+scoring server answers HTTP 400 with the reason (row, formula, why) and no stack trace.
+
 What needs no mlflow lives beside it and is re-exported here: the gate and :class:`RegistryConfig`
-(promotion.py), what a run records (run_record.py), secret scrubbing (secrets.py) and the
-:class:`Predictor` the pyfunc wraps (predictor.py).
+(evaluate/gate.py), what a run records (run_record.py), secret scrubbing (secrets.py), the
+tracking URI and the local model cache (predict/model_cache.py), and the model's behaviour itself
+(:class:`metalearn.predict.local_model.MetalearnModel`), which a consumer with this package can
+load from a cached copy without importing MLflow at all.
 
 Example:
     >>> run = log_training_run("fomaml/learner.pt", shards_dir, classifier="protonet/learner.pt",
@@ -20,7 +28,7 @@ Example:
     ...                        scores="eval/scores.csv", report_files=["eval/summary.md"])
     >>> promote(run["version"])["decision"]
     'promoted'
-    >>> load_champion().predict(table)          # DataFrame: prediction, uncertainty
+    >>> load_champion().predict(table)          # DataFrame: formula, prediction, uncertainty
 """
 
 from __future__ import annotations
@@ -49,14 +57,16 @@ from metalearn.evaluate.gate import (
     eval_protocol,
     paired_gate,
 )
+from metalearn.layout import WorkDir
 from metalearn.learn.learners.base import Learner
-from metalearn.predict.predictor import Predictor
+from metalearn.predict.model_cache import ModelCache, parse_model_uri, resolve_tracking_uri
 from metalearn.run_record import (
     git_commit,
     learner_tags,
     lineage,
     metric_points,
     model_artifacts,
+    package_code,
     pip_requirements,
     run_params,
     stage_run_files,
@@ -71,14 +81,6 @@ _DEFAULT = RegistryConfig()  # frozen: a safe shared default argument
 
 # --- tracking store ------------------------------------------------------------------------------
 
-def resolve_tracking_uri(uri: str | None = None, workdir: str | os.PathLike | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if chosen:
-        return chosen
-    return f"sqlite:///{io.resolve_workdir(workdir) / 'mlflow.db'}"
-
-
 def _sqlite_artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store live next to its database (``mlartifacts/``), never in ./mlruns."""
     if not uri.startswith("sqlite:///"):
@@ -90,20 +92,18 @@ def _sqlite_artifact_root(uri: str) -> str | None:
 def _tracking(uri: str) -> Iterator[MlflowClient]:
     """Point MLflow's fluent API at ``uri`` for the block (log_model and load_model use it).
 
-    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment, so the
-    variable is put back exactly as it was; otherwise a later flow in the same process would
-    silently use this block's store.
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment, and an
+    explicitly set URI wins over the variable afterwards. So the state is put back as it was: the
+    variable's old value, or nothing set at all (not the default URI pinned), otherwise a later
+    flow in the same process would silently use this block's store, or ``./mlflow.db``.
     """
-    previous = mlflow.get_tracking_uri()
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
+        mlflow.set_tracking_uri(None)  # unset (the variable too): the fluent API reads the variable again
+        if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
@@ -119,25 +119,11 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 
 # --- the pyfunc model ----------------------------------------------------------------------------
 
-class MetalearnModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of :class:`metalearn.predict.predictor.Predictor`: adapt on support rows, predict query rows."""
-
-    def load_context(self, context: Any) -> None:
-        art = context.artifacts
-        self.predictor = Predictor.from_files(art["regressor"], art.get("classifier"), art["feature_stats"],
-                                              art["featurizer"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        params = params or {}
-        task_type = params.get("task_type") or None
-        return self.predictor.predict_table(model_input, task_type=None if task_type == "auto" else task_type,
-                                            transform=params.get("transform") or "none")
-
-
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "role"), ColSpec("string", "formula"), ColSpec("string", "cif", required=False),
                    ColSpec("double", "target", required=False), ColSpec("string", "task_type", required=False)]),
-    outputs=Schema([ColSpec("double", "prediction"), ColSpec("double", "uncertainty", required=False)]),
+    outputs=Schema([ColSpec("string", "formula"), ColSpec("double", "prediction"),
+                    ColSpec("double", "uncertainty", required=False)]),
     params=ParamSchema([ParamSpec("task_type", "string", "auto"), ParamSpec("transform", "string", "none")]),
 )
 
@@ -145,7 +131,33 @@ SIGNATURE = ModelSignature(
 INPUT_EXAMPLE = pd.DataFrame({"role": ["support", "support", "support", "query"],
                               "formula": ["Fe2O3", "NaCl", "MgO", "ZnO"], "target": [1.0, 2.0, 3.0, float("nan")]})
 
-_MODEL_CODE = "import mlflow\nfrom metalearn.registry import MetalearnModel\n\nmlflow.models.set_model(MetalearnModel())\n"
+# The model's own code file (MLflow "models from code"). It is the only place the pyfunc class
+# exists: it imports from the package the model carries (code_paths) nothing but the predict path,
+# and turns bad input into MLflow's INVALID_PARAMETER_VALUE (a 400 with the message, no traceback).
+_MODEL_CODE = '''"""metalearn pyfunc: adapt on the table's support rows, predict its query rows."""
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+
+class MetalearnPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from metalearn.predict.local_model import MetalearnModel
+
+        self.model = MetalearnModel.from_artifacts(context.artifacts)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from metalearn.predict.table import InputError
+
+        try:
+            return self.model.predict(model_input, params)
+        except InputError as err:
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+mlflow.models.set_model(MetalearnPyfunc())
+'''
 
 
 # --- logging a training run ----------------------------------------------------------------------
@@ -211,8 +223,9 @@ def log_training_run(
     table = scores if isinstance(scores, pd.DataFrame) or scores is None else pd.read_csv(scores)
     with tempfile.TemporaryDirectory(prefix="metalearn-mlflow-") as tmp_name, _tracking(uri) as client:
         tmp = Path(tmp_name)
-        artifacts, reg_name, cls_name = model_artifacts(learner, classifier, shards_dir, tmp)
+        artifacts, reg_name, cls_name, structure = model_artifacts(learner, classifier, shards_dir, tmp)
         (tmp / "model_code.py").write_text(_MODEL_CODE)
+        code = package_code(tmp / "code")
         (tmp / "run").mkdir()
         stage_run_files(tmp / "run", shards_dir, manifests, table, report_files, secrets)
 
@@ -234,7 +247,8 @@ def log_training_run(
                     client.log_artifacts(run_id, str(tmp / "run" / folder), folder)
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN, python_model=str(tmp / "model_code.py"), artifacts=artifacts,
-                signature=SIGNATURE, input_example=INPUT_EXAMPLE, pip_requirements=pip_requirements(),
+                signature=SIGNATURE, input_example=INPUT_EXAMPLE, code_paths=[str(code)],
+                pip_requirements=pip_requirements(structure=structure),
                 metadata={"learner": reg_name, "classifier": cls_name, "eval_protocol": protocol,
                           "shards_hash": shards_manifest.content_hash},
             )
@@ -251,11 +265,25 @@ def log_training_run(
 
 # --- promotion -----------------------------------------------------------------------------------
 
+@contextmanager
+def _no_download_bars() -> Iterator[None]:
+    """MLflow draws a tqdm bar per download on stderr; a consumer's stderr is for its own lines."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
+
+
 def _version_scores(version: Any, uri: str) -> pd.DataFrame | None:
     source = version.tags.get("metalearn.scores_uri")
     if not source:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_download_bars():
         path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
         return pd.read_csv(path)
 
@@ -331,6 +359,47 @@ def load_champion(name: str = "metalearn", tracking_uri: str | None = None) -> A
     return load_model(f"models:/{name}@{CHAMPION}", uri)
 
 
-__all__ = ["CHALLENGER", "CHAMPION", "SIGNATURE", "MetalearnModel", "RegistryConfig", "eval_protocol",
-           "git_commit", "load_champion", "load_model", "log_training_run", "paired_gate", "pip_requirements",
-           "promote", "resolve_tracking_uri"]
+def resolve_model_version(uri: str, tracking_uri: str | None = None) -> str:
+    """The version a ``models:/name@alias`` (or ``models:/name/latest``) URI names now; LookupError if none."""
+    ref = parse_model_uri(uri)
+    if ref is None or ref.kind not in ("alias", "version"):
+        raise ValueError(f"{uri!r} does not name a registered model version")
+    if ref.kind == "version":
+        return str(ref.version)
+    store = resolve_tracking_uri(tracking_uri)
+    with _tracking(store) as client:
+        try:
+            if ref.alias == "latest":
+                versions = client.search_model_versions(f"name = '{ref.name}'")
+                if not versions:
+                    raise LookupError(f"registered model {ref.name!r} has no versions at {store}")
+                return str(max(int(v.version) for v in versions))
+            return str(client.get_model_version_by_alias(ref.name, ref.alias).version)
+        except MlflowException as err:
+            raise LookupError(f"cannot resolve {uri!r} at {store}: {str(err).splitlines()[0]}") from None
+
+
+def download_model(uri: str, tracking_uri: str | None, dst: str | Path) -> Path:
+    """Copy a logged model's files (``models:/name/3``, ``runs:/...``) into the empty directory ``dst``."""
+    store = resolve_tracking_uri(tracking_uri)
+    try:
+        with _tracking(store), _no_download_bars():
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store)
+    except MlflowException as err:
+        raise LookupError(f"cannot load model {uri!r} from {store}: {str(err).splitlines()[0]}") from None
+    return Path(dst)
+
+
+def fetch_model_copy(uri: str, tracking_uri: str | None = None, workdir: str | os.PathLike | None = None) -> Path:
+    """Resolve ``uri`` and copy that version into the work directory's model cache (once per version).
+
+    The cache miss behind ``metalearn predict``: later calls find the copy with
+    ``metalearn.predict.local_model.cached_model_dir`` without importing MLflow.
+    """
+    store = resolve_tracking_uri(tracking_uri, workdir)
+    return ModelCache(WorkDir.resolve(workdir).model_cache()).fill(store, uri, resolve_model_version, download_model)
+
+
+__all__ = ["CHALLENGER", "CHAMPION", "SIGNATURE", "RegistryConfig", "download_model", "eval_protocol",
+           "fetch_model_copy", "git_commit", "load_champion", "load_model", "log_training_run", "paired_gate", "pip_requirements",
+           "promote", "resolve_model_version", "resolve_tracking_uri"]

@@ -27,8 +27,10 @@ import torch
 
 from metalearn import io
 from metalearn.config import flatten
-from metalearn.learn.learners.base import Learner, save_learner
-from metalearn.predict.predictor import FEATURIZER_FILE, featurizer_config
+from metalearn.evaluate.report import summarize
+from metalearn.learn.learners import save_learner
+from metalearn.learn.learners.base import Learner
+from metalearn.predict.featurizer import FEATURIZER_FILE, export_featurizer
 from metalearn.secrets import copy_scrubbed, redact
 
 # --- lineage -------------------------------------------------------------------------------------
@@ -57,13 +59,29 @@ def lineage(shards_manifest: Any) -> dict[str, str]:
     }
 
 
-def pip_requirements() -> list[str]:
-    """Exact pins of what the model needs at load time (explicit: inference costs ~8 s, pitfall M4)."""
+# What the prediction path imports (torch, pandas, numpy, pyarrow, pymatgen, yaml; scikit-learn for
+# the baseline learners), plus mlflow for the pyfunc. Never metalearn itself: the model carries its
+# code (code_paths), and no index has the project.
+_RUNTIME = ("torch", "mlflow", "pandas", "numpy", "pyarrow", "pymatgen", "scikit-learn", "PyYAML")
+
+
+def pip_requirements(structure: bool = False) -> list[str]:
+    """Exact pins of the published packages the model needs at load time (pitfall M4: explicit).
+
+    Args:
+        structure: the model uses structure features, whose featurizers are matminer's.
+    """
     def pin(dist: str) -> str:
         return f"{dist}=={importlib_metadata.version(dist).split('+')[0]}"  # torch 2.13.0+cpu -> 2.13.0
 
-    return [pin(d) for d in ("torch", "mlflow", "pymatgen", "matminer", "pandas", "numpy", "pyarrow",
-                             "scikit-learn", "metalearn")]
+    return [pin(d) for d in (*_RUNTIME, *(("matminer",) if structure else ()))]
+
+
+def package_code(dst: Path) -> Path:
+    """A clean copy of the ``metalearn`` package (sources only) at ``dst/metalearn``, for code_paths."""
+    src = Path(__file__).resolve().parent
+    shutil.copytree(src, dst / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+    return dst / src.name
 
 
 def learner_tags(reg_name: str, cls_name: str, scores_learner: str | None, protocol: str,
@@ -94,8 +112,6 @@ def metric_key(key: str) -> str:
 
 def summary_metrics(scores: pd.DataFrame) -> dict[str, float]:
     """Every figure of evaluate.summarize as ``eval/<setting>/<metric>/k<k>/<learner>.<stat>``."""
-    from metalearn.evaluate.protocol import summarize
-
     out = {}
     for row in summarize(scores).to_dict("records"):
         stem = f"eval/{row['setting']}/{row['metric']}/k{row['k']}/{row['learner']}"
@@ -139,8 +155,12 @@ def learner_file(learner: Learner | str | Path, dst: Path) -> tuple[Path, str]:
 
 
 def model_artifacts(learner: Learner | str | Path, classifier: Learner | str | Path | None, shards_dir: Path,
-                    tmp: Path) -> tuple[dict[str, str], str, str]:
-    """The files the pyfunc carries (learners, feature stats, featurizer config) and the learners' names."""
+                    tmp: Path) -> tuple[dict[str, str], str, str, bool]:
+    """The files the pyfunc carries and the learners' names, and whether it uses structure features.
+
+    Files: the learners, feature_stats.parquet, and the featurizer (featurizer.json with the
+    feature names and settings, featurizer_tables.npz with the elemental tables).
+    """
     artifacts = {"feature_stats": str(shards_dir / "feature_stats.parquet")}
     reg_path, reg_name = learner_file(learner, tmp / "regressor.pt")
     artifacts["regressor"] = str(reg_path)
@@ -148,9 +168,10 @@ def model_artifacts(learner: Learner | str | Path, classifier: Learner | str | P
     if classifier is not None:
         cls_path, cls_name = learner_file(classifier, tmp / "classifier.pt")
         artifacts["classifier"] = str(cls_path)
-    io.write_json_atomic(tmp / FEATURIZER_FILE, featurizer_config(artifacts["feature_stats"]))
-    artifacts["featurizer"] = str(tmp / FEATURIZER_FILE)
-    return artifacts, reg_name, cls_name
+    names = io.read_parquet(Path(artifacts["feature_stats"]))["feature"].tolist()
+    artifacts.update(export_featurizer(names, tmp))
+    structure = bool(json.loads((tmp / FEATURIZER_FILE).read_text())["structure_names"])
+    return artifacts, reg_name, cls_name, structure
 
 
 def stage_run_files(out: Path, shards_dir: Path, manifests: Mapping[str, str | Path] | None,
@@ -170,5 +191,5 @@ def stage_run_files(out: Path, shards_dir: Path, manifests: Mapping[str, str | P
 
 
 __all__ = ["git_commit", "learner_file", "learner_tags", "lineage", "load_history", "metric_key",
-           "metric_points", "model_artifacts", "pip_requirements", "run_params", "stage_run_files",
-           "summary_metrics"]
+           "metric_points", "model_artifacts", "package_code", "pip_requirements", "run_params",
+           "stage_run_files", "summary_metrics"]

@@ -111,3 +111,41 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))
+
+
+# --- features stage: features/<feature set>/<snapshot hash[:16]>[-nostruct]/ ---
+FEATURES_FILE = "features.parquet"  # material_key, formula, feature columns (float64)
+FEATURE_ERRORS_FILE = "errors.parquet"  # ERROR_COLUMNS: every material that could not be featurized
+RECORD_KEYS_FILE = "record_keys.parquet"  # record_id, material_key: joins a snapshot's records to features
+ERROR_COLUMNS = [MATERIAL_KEY, FORMULA, REASON, DETAIL]  # errors.parquet
+
+# --- shards stage: shards/<snapshot id>/<feature set>/<config key>/ ---
+TASK_ID = "task_id"  # "<dataset_id>|<group>"
+TASK_KEY = "task_key"  # filesystem-safe task id ("t0007"), the partition key of data/
+GROUP = "group"  # chemistry group (metalearn.chemistry.GROUPS) or "all"
+SPLIT = "split"  # one of SPLITS
+N_ROWS = "n_rows"
+REDUCED_FORMULA = "reduced_formula"
+Y = "y"  # transformed target used for learning
+Y_RAW = "y_raw"  # target in the property's unit
+FEATURE = "feature"  # feature_stats.parquet: feature, mean, std (meta-train tasks only)
+MEAN = "mean"
+STD = "std"
+
+SPLITS = ("meta-train", "meta-val", "meta-test-property", "meta-test-chemistry")
+META_TRAIN, META_VAL, META_TEST_PROPERTY, META_TEST_CHEMISTRY = SPLITS
+META_TEST_SPLITS = (META_TEST_PROPERTY, META_TEST_CHEMISTRY)
+
+TASKS_FILE = "tasks.parquet"  # the tasks index: one row per task
+FEATURE_STATS_FILE = "feature_stats.parquet"
+EXCLUDED_FILE = "excluded.parquet"  # record_id, dataset_id, reason: every record left out of a task
+TASK_DATA_DIR = "data"  # task rows, Parquet partitioned by task_key (hive)
+EXCLUDED_REASONS = (
+    "duplicate_material_merged",
+    "nonpositive_for_log10",
+    "task_too_small",
+    "over_task_row_cap",
+    "held_out_chemistry",
+    "featurization_failed",
+)
+TASK_ROW_COLUMNS = [TASK_KEY, TASK_ID, RECORD_ID, FORMULA, REDUCED_FORMULA, GROUP, MATERIAL_KEY, Y, Y_RAW]  # + features

@@ -9,7 +9,10 @@ identical content never hand each other's paths back.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +20,11 @@ from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
+from prefect.runtime import flow_run
+from tqdm import tqdm
 
 from metalearn import io
+from metalearn.config import to_jsonable
 
 ARTIFACT_PREFIX = "metalearn"
 
@@ -41,7 +47,7 @@ def manifest_cache_key(*path_params: str) -> Callable[[TaskRunContext, dict[str,
             if name in path_params and value is not None:
                 parts[name] = {"path": value, "content": content_of(value)}
             else:
-                parts[name] = value
+                parts[name] = to_jsonable(value) if dataclasses.is_dataclass(value) else value
         return io.hash_json(parts)
 
     return key
@@ -81,19 +87,31 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+PROGRESS_ENV = "METALEARN_PROGRESS"  # set by `metalearn run`: also draw terminal bars on stderr
+
+
 class ProgressArtifact:
     """A Prefect progress artifact fed by a library callback, updated at most every ``min_interval`` s.
 
-    Why throttled: each update is an API call; a training loop calls back every step.
+    Why throttled: each update is an API call; a training loop calls back every step. When
+    ``$METALEARN_PROGRESS`` is set (``metalearn run`` sets it), the same counts also drive a tqdm
+    bar on stderr, so a user waiting in a terminal sees every long stage move.
     """
 
-    def __init__(self, key: str, description: str, min_interval: float = 2.0) -> None:
+    def __init__(self, key: str, description: str, min_interval: float = 2.0, label: str | None = None) -> None:
         self.description = description
         self.min_interval = min_interval
         self._last = 0.0
         self._id = create_progress_artifact(progress=0.0, key=key, description=description)
+        self._bar = None
+        if os.environ.get(PROGRESS_ENV):
+            self._bar = tqdm(total=0, desc=label or key.removeprefix(ARTIFACT_PREFIX + "-"), file=sys.stderr,
+                             leave=False, dynamic_ncols=True)
 
     def update(self, done: float, total: float, force: bool = False) -> None:
+        if self._bar is not None:
+            self._bar.total, self._bar.n = total, done
+            self._bar.refresh()
         now = time.monotonic()
         if not force and now - self._last < self.min_interval:
             return
@@ -103,3 +121,20 @@ class ProgressArtifact:
 
     def done(self) -> None:
         self.update(1, 1, force=True)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def current_flow_run_id() -> str | None:
+    """The flow run this code runs in (None outside one)."""
+    return str(flow_run.id) if flow_run.id else None
+
+
+def stamp(result: dict[str, Any]) -> dict[str, Any]:
+    """Mark a task result with the flow run that computed it (and published its artifacts).
+
+    A result later served from Prefect's cache keeps the old stamp, which is how the flow knows
+    that tonight's run page has no artifacts of that stage yet and must republish them.
+    """
+    return {**result, "published_by": current_flow_run_id()}

@@ -16,21 +16,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from metalearn import io
-from metalearn.config import from_dict
-from metalearn.features.plan import (
-    FeaturePlan,
-    FeaturizeConfig,
-    assemble_features,
-    featurize_chunk,
-    plan_features,
-)
-from tasks._common import artifact_key, markdown_table
+from metalearn.features.assemble import assemble_features
+from metalearn.features.plan import FeaturePlan, FeaturizeConfig, featurize_chunk, plan_features
+from metalearn.layout import WorkDir
+from tasks._common import artifact_key, markdown_table, stamp
 
 
 @task(name="plan-features", cache_policy=NO_CACHE)
-def plan(snapshot_dir: str, workdir: str, featurize_cfg: dict[str, Any]) -> dict[str, Any]:
+def plan(snapshot_dir: str, workdir: str, featurize_cfg: FeaturizeConfig) -> dict[str, Any]:
     """Which materials of the snapshot still need features, as chunk files; JSON-able."""
-    result = plan_features(Path(snapshot_dir), Path(workdir), from_dict(FeaturizeConfig, featurize_cfg))
+    result = plan_features(Path(snapshot_dir), WorkDir.resolve(workdir), featurize_cfg)
     get_run_logger().info(
         "features: %s", "already built" if result.done else
         f"{result.n_materials} materials, {result.n_cached} cached, {result.n_pending} pending "
@@ -48,14 +43,9 @@ def chunk(chunk_path: str, cache_dir: str) -> str:
     return str(featurize_chunk(Path(chunk_path), Path(cache_dir)))
 
 
-def _assemble_key(ctx: Any, parameters: dict[str, Any]) -> str:
-    """Snapshot content + config + output location: the plan's chunk list is not part of the identity."""
-    p = parameters["feature_plan"]
-    return io.hash_json({"task": ctx.task.name, "snapshot": p["snapshot_hash"], "config": p["config"],
-                         "output_dir": p["output_dir"]})
-
-
-@task(name="assemble-features", cache_key_fn=_assemble_key, persist_result=True)
+# No Prefect cache: the library returns an existing output at once after checking it against its
+# manifest, and only that check can see a corrupted output (a cached result would hide the repair).
+@task(name="assemble-features", cache_policy=NO_CACHE)
 def assemble(feature_plan: dict[str, Any]) -> dict[str, Any]:
     """Join the cache shards into the snapshot's features directory (a no-op when it exists).
 
@@ -69,13 +59,16 @@ def assemble(feature_plan: dict[str, Any]) -> dict[str, Any]:
     manifest = io.read_manifest(out)
     counts = manifest.counts
     get_run_logger().info("features: %s -> %s", counts, out)
-    _features_artifact(out, manifest, feature_plan)
-    return {"path": str(out), "content_hash": manifest.content_hash, "counts": counts,
-            "n_feature_columns": counts.get("n_feature_columns")}
+    result = {"path": str(out), "content_hash": manifest.content_hash, "counts": counts,
+              "n_feature_columns": counts.get("n_feature_columns"),
+              "plan": {k: feature_plan.get(k) for k in ("snapshot_dir", "n_pending", "n_cached")}}
+    publish_features(result)
+    return stamp(result)
 
 
-def _features_artifact(out: Path, manifest: Any, feature_plan: dict[str, Any]) -> None:
-    counts = manifest.counts
+def publish_features(result: dict[str, Any]) -> None:
+    """The features artifact (also republished when a later run is served this result from the cache)."""
+    out, counts, feature_plan = Path(result["path"]), result["counts"], result["plan"]
     scalar = [{"count": k, "value": v} for k, v in sorted(counts.items()) if not isinstance(v, dict)]
     nested = {k: v for k, v in counts.items() if isinstance(v, dict)}
     text = (f"# Features\n\n- features: `{out}`\n- snapshot: `{Path(feature_plan['snapshot_dir']).name}`\n"

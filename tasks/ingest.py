@@ -11,23 +11,22 @@ snapshot, whose content hash then keys every downstream task.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+import requests
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from metalearn.config import from_dict
+from metalearn.ingest.mp import MPIngestError
+from metalearn.ingest.snapshot import combine_snapshots
 from metalearn.ingest.stage import IngestConfig, ingest
+from metalearn.layout import WorkDir
 from tasks._common import artifact_key, markdown_table
-
-# MPIngestError messages that name a cause worth retrying later (the library already retried
-# each request; a Prefect retry waits minutes, for an outage rather than a blip).
-_TRANSIENT = re.compile(r"retry budget|cannot reach|timed out|truncated response|HTTP (429|5\d\d)")
 
 
 def resolve_mp_key(secret_block: str | None) -> str | None:
@@ -46,18 +45,18 @@ def resolve_mp_key(secret_block: str | None) -> str | None:
 
 
 def is_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """``retry_condition_fn``: retry network trouble, not bad keys, bad configs or bad data."""
+    """``retry_condition_fn``: retry network trouble, not bad keys, bad configs or bad data.
+
+    The library already retried each request; a Prefect retry waits minutes, for an outage rather
+    than a blip. :class:`MPIngestError` says itself whether its cause is transient.
+    """
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001  the failure could not be read back: be conservative, retry
         return True
-    import requests
-
     if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.RequestException)):
         return True
-    from metalearn.ingest.mp import MPIngestError
-
-    return isinstance(exc, MPIngestError) and bool(_TRANSIENT.search(str(exc)))
+    return isinstance(exc, MPIngestError) and exc.transient
 
 
 @task(name="choose-source", cache_policy=NO_CACHE)
@@ -76,14 +75,14 @@ def choose_source(source: str, mp_secret_block: str | None) -> str:
 @task(name="ingest", task_run_name="ingest-{source}", cache_policy=NO_CACHE,
       retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=30), retry_jitter_factor=0.5,
       retry_condition_fn=is_transient)
-def ingest_snapshot(workdir: str, source: str, ingest_cfg: dict[str, Any],
+def ingest_snapshot(workdir: str, source: str, ingest_cfg: IngestConfig,
                     mp_secret_block: str | None = None) -> dict[str, Any]:
     """Pull ``source`` into ``<workdir>/raw/<source>/<snapshot_id>/`` (or find it unchanged).
 
     Returns:
         {"path", "source", "content_hash", "created", "n_rows", "n_quarantined", "summary"}.
     """
-    cfg = from_dict(IngestConfig, {**ingest_cfg, "source": source})
+    cfg = dataclasses.replace(ingest_cfg, source=source)
     logger = get_run_logger()
     api_key = resolve_mp_key(mp_secret_block) if source == "mp" else None
 
@@ -91,7 +90,7 @@ def ingest_snapshot(workdir: str, source: str, ingest_cfg: dict[str, Any],
         if args and args[-1] and args[-2] == args[-1]:
             logger.info("ingest %s: %s", source, " ".join(map(str, args)))
 
-    result = ingest(Path(workdir), cfg, api_key=api_key, on_progress=on_progress)
+    result = ingest(WorkDir.resolve(workdir), cfg, api_key=api_key, on_progress=on_progress)
     del api_key
     manifest = result.manifest
     logger.info(result.summary())
@@ -125,9 +124,7 @@ def _ingest_artifact(source: str, path: Path, manifest: Any, created: bool, n_qu
 @task(name="combine-snapshots", cache_policy=NO_CACHE)
 def combine(workdir: str, snapshot_dirs: list[str]) -> dict[str, Any]:
     """One snapshot of every ingested source (e.g. bundled + Open Catalyst) for features and shards."""
-    from metalearn.ingest.snapshot import combine_snapshots
-
-    result = combine_snapshots(Path(workdir), [Path(p) for p in snapshot_dirs])
+    result = combine_snapshots(WorkDir.resolve(workdir), [Path(p) for p in snapshot_dirs])
     get_run_logger().info(result.summary())
     return {"path": str(result.path), "source": "combined", "content_hash": result.manifest.content_hash,
             "created": result.created, "n_rows": result.manifest.n_rows, "n_quarantined": result.n_quarantined,

@@ -8,21 +8,22 @@ version (alias ``challenger``), and :func:`promote_candidate` moves ``champion``
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
-from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.runtime import flow_run
 
 from metalearn import io
-from metalearn.config import from_dict
-from metalearn.evaluate.gate import RegistryConfig
+from metalearn.config import from_dict, to_jsonable
+from metalearn.evaluate.gate import RegistryConfig, choose_candidate
 from metalearn.learn.stage import task_type_of
 from metalearn.registry import log_training_run, promote, resolve_tracking_uri
-from tasks._common import artifact_key, content_of, manifest_hash, markdown_table
+from tasks._common import artifact_key, content_of, manifest_hash, markdown_table, stamp
 
 
 def _register_key(ctx: Any, parameters: dict[str, Any]) -> str:
@@ -33,51 +34,34 @@ def _register_key(ctx: Any, parameters: dict[str, Any]) -> str:
         "task": ctx.task.name, "shards": {"path": p["shards_dir"], "content": manifest_hash(p["shards_dir"])},
         "checkpoints": content_of({n: r["checkpoint"] for n, r in p["trained"].items()}),
         "scores": content_of(p["evaluation"]["scores_csv"]), "configs": p["configs"],
-        "manifests": p["manifests"], "workdir": p["workdir"], "registry": p.get("registry_cfg"),
+        "manifests": p["manifests"], "workdir": p["workdir"], "registry": to_jsonable(p["registry_cfg"]),
         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI")})
-
-
-def choose_candidate(headline: dict[str, float], regressors: list[str], metric: str, k: int) -> tuple[str, dict]:
-    """The regressor with the best mean (over settings) of the median ``metric`` at ``k``; ties: first."""
-    from metalearn.evaluate.protocol import HIGHER_IS_BETTER
-
-    sign = -1.0 if HIGHER_IS_BETTER.get(metric, False) else 1.0  # lower is better after signing
-    evidence: dict[str, float] = {}
-    for name in regressors:
-        values = [v for key, v in headline.items()
-                  if key.endswith(f".{name}.k{k}.{metric}_median") and not math.isnan(v)]
-        if values:
-            evidence[name] = sum(values) / len(values)
-    if not evidence:
-        return regressors[0], {"reason": f"no {metric} at k={k} in the evaluation; first learner chosen"}
-    best = min(evidence, key=lambda n: (sign * evidence[n], regressors.index(n)))
-    return best, {"metric": metric, "k": k, "median_by_learner": evidence}
 
 
 @task(name="register", cache_key_fn=_register_key, persist_result=True)
 def register(shards_dir: str, trained: dict[str, dict[str, Any]], evaluation: dict[str, Any],
              configs: dict[str, Any], manifests: dict[str, str], workdir: str,
-             registry_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+             registry_cfg: RegistryConfig) -> dict[str, Any]:
     """Log one MLflow run per trained regression learner; register the best one as ``challenger``.
 
     Args:
         trained: learner name -> meta_train's result ({"checkpoint", "history", "metrics", ...}).
-        evaluation: evaluate's result ({"scores_csv", "summary_md", "plot_png", "headline"}).
+        evaluation: evaluate's result ({"scores_csv", "summary_md", "plot_png", "summary"}).
         configs: stage configs logged as params (``configs["eval"]`` fixes the paired draws).
         manifests: other stage directories (snapshot, features) logged as lineage.
-        registry_cfg: RegistryConfig fields except tracking_uri (``$MLFLOW_TRACKING_URI``, else
-            SQLite under ``workdir``).
+        registry_cfg: the gate and registered model; its tracking URI None means
+            ``$MLFLOW_TRACKING_URI``, else SQLite under ``workdir``.
     Returns:
         {"candidate", "selection", "run_id", "version", "model_uri", "model_name", "tracking_uri",
         "runs", "registry"}.
     """
     logger = get_run_logger()
-    cfg = from_dict(RegistryConfig, {**(registry_cfg or {}), "tracking_uri": resolve_tracking_uri(None, workdir)})
+    cfg = dataclasses.replace(registry_cfg, tracking_uri=resolve_tracking_uri(registry_cfg.tracking_uri, workdir))
     regressors = [n for n in trained if task_type_of(n) == "regression"]
     classifiers = [n for n in trained if task_type_of(n) == "classification"]
     if not regressors:
         raise ValueError(f"no regression learner among {sorted(trained)}; the model needs one")
-    candidate, selection = choose_candidate(evaluation.get("headline", {}), regressors, cfg.metric, cfg.k)
+    candidate, selection = choose_candidate(evaluation["summary"], regressors, cfg)
     classifier = trained[classifiers[0]]["checkpoint"] if classifiers else None
     reports = [evaluation[k] for k in ("summary_md", "plot_png") if evaluation.get(k)]
     tags = _prefect_tags()
@@ -89,22 +73,35 @@ def register(shards_dir: str, trained: dict[str, dict[str, Any]], evaluation: di
             configs={**configs, "train": configs.get("train", {}).get(name, {})},
             history=result["history"], metrics=result.get("metrics"), scores=evaluation["scores_csv"],
             scores_learner=name, report_files=reports, manifests=manifests, cfg=cfg,
-            register=name == candidate, run_name=f"{name}-nightly", tags=tags)
+            register=name == candidate, run_name=run_name(name), tags=tags)
         logger.info("MLflow run %s for %s%s", runs[name]["run_id"], name,
                     f" -> {cfg.model_name} version {runs[name]['version']}" if name == candidate else "")
-    chosen = runs[candidate]
-    _run_artifact(chosen, candidate, selection)
-    return {"candidate": candidate, "selection": selection, **chosen, "runs": runs, "registry": asdict(cfg)}
+    result = {"candidate": candidate, "selection": selection, **runs[candidate], "runs": runs,
+              "registry": to_jsonable(cfg)}
+    publish_run(result)
+    return stamp(result)
+
+
+def run_name(learner: str) -> str:
+    """``<nightly|retrain>-<learner>-<UTC date>``: what the MLflow run is, at a glance."""
+    kind = (flow_run.flow_name or "metalearn-run").removeprefix("metalearn-")
+    return f"{kind}-{learner}-{datetime.now(UTC):%Y%m%d}"
 
 
 def _prefect_tags() -> dict[str, str]:
-    from prefect.runtime import flow_run
+    """Tags that link an MLflow run back to its Prefect flow run (the UI URL when a server is set)."""
+    if not flow_run.id:
+        return {}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
+            "prefect.flow_name": str(flow_run.flow_name)}
+    if os.environ.get("PREFECT_API_URL") and flow_run.ui_url:
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
 
-    run_id = flow_run.id
-    return {"prefect.flow_run_id": str(run_id), "prefect.flow_run_name": str(flow_run.name)} if run_id else {}
 
-
-def _run_artifact(run: dict[str, Any], candidate: str, selection: dict[str, Any]) -> None:
+def publish_run(result: dict[str, Any]) -> None:
+    """The link (or note) from the Prefect run to the candidate's MLflow run; also for a cached result."""
+    run, candidate, selection = result, result["candidate"], result["selection"]
     uri = run["tracking_uri"]
     if uri.startswith(("http://", "https://")):
         create_link_artifact(link=f"{uri.rstrip('/')}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}",
@@ -135,12 +132,25 @@ def promote_candidate(registered: dict[str, Any], enabled: bool = True) -> dict[
     else:
         decision = promote(registered["version"], cfg)
     get_run_logger().info("promotion: %s (%s)", decision["decision"], decision.get("reason"))
-    evidence = [{"field": k, "value": v} for k, v in decision.items() if k not in ("model_name", "version")]
+    decision = {**decision, "candidate": registered.get("candidate"), "selection": registered.get("selection")}
+    publish_promotion(decision)
+    return stamp(decision)
+
+
+def publish_promotion(decision: dict[str, Any]) -> None:
+    """The promotion decision and tonight's champion (also republished when promote was cached)."""
+    evidence = [{"field": k, "value": v} for k, v in decision.items()
+                if k not in ("model_name", "version", "candidate", "selection", "published_by")]
+    champion = decision.get("champion")
+    create_markdown_artifact(
+        markdown=(f"# Champion: `{decision['model_name']}` version **{champion or 'none yet'}**\n\n"
+                  f"Load it with `models:/{decision['model_name']}@champion`. Tonight's candidate: version "
+                  f"{decision['version']} (learner {decision.get('candidate')}), {decision['decision']}.\n"),
+        key=artifact_key("champion"), description="the registered model version that is champion tonight")
     create_markdown_artifact(
         markdown=(f"# Promotion: **{decision['decision']}**\n\n"
                   f"`{decision['model_name']}` version {decision['version']} "
-                  f"(learner {registered.get('candidate')}), compared to {decision.get('compared_to', 'n/a')}.\n\n"
+                  f"(learner {decision.get('candidate')}), compared to {decision.get('compared_to', 'n/a')}.\n\n"
                   f"{decision.get('reason', '')}\n\n## Evidence\n\n" + markdown_table(evidence, ["field", "value"])
-                  + f"\n## Candidate selection\n\n{registered.get('selection')}\n"),
+                  + f"\n## Candidate selection\n\n{decision.get('selection')}\n"),
         key=artifact_key("promotion"), description="champion decision and the paired comparison behind it")
-    return decision

@@ -7,35 +7,39 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
-from metalearn.config import from_dict
-from metalearn.shards.define import ShardConfig, build_shards
-from tasks._common import artifact_key, manifest_cache_key, markdown_table
+from metalearn import schema as S
+from metalearn.layout import WorkDir
+from metalearn.shards.define import ShardConfig
+from metalearn.shards.stage import build_shards
+from metalearn.shards.store import read_index
+from tasks._common import artifact_key, markdown_table, stamp
 
-INDEX_COLUMNS = ["task_id", "split", "n_rows", "property_key", "group", "task_type", "family"]
+INDEX_COLUMNS = [S.TASK_ID, S.SPLIT, S.N_ROWS, S.PROPERTY_KEY, S.GROUP, S.TASK_TYPE, S.FAMILY]
 
 
-@task(name="build-shards", cache_key_fn=manifest_cache_key("snapshot_dir", "features_dir"),
-      persist_result=True)
+# No Prefect cache: the library's no-op path verifies the existing shards against their manifest
+# (a cached result would keep serving a corrupted directory) and costs a fraction of a second.
+@task(name="build-shards", cache_policy=NO_CACHE)
 def build_task_shards(snapshot_dir: str, features_dir: str, workdir: str,
-                      shard_cfg: dict[str, Any]) -> dict[str, Any]:
+                      shard_cfg: ShardConfig) -> dict[str, Any]:
     """Build (or find) the task shards of one snapshot + feature set + config.
 
     Returns:
         {"path", "content_hash", "created", "counts", "summary"}.
     """
-    cfg = from_dict(ShardConfig, shard_cfg)
-    result = build_shards(Path(snapshot_dir), Path(features_dir), Path(workdir), cfg)
+    result = build_shards(Path(snapshot_dir), Path(features_dir), WorkDir.resolve(workdir), shard_cfg)
     get_run_logger().info(result.summary())
-    _shards_artifacts(result.path, result.manifest)
-    return {"path": str(result.path), "content_hash": result.manifest.content_hash,
-            "created": result.created, "counts": result.manifest.counts, "summary": result.summary()}
+    out = {"path": str(result.path), "content_hash": result.manifest.content_hash,
+           "created": result.created, "counts": result.manifest.counts, "summary": result.summary()}
+    publish_shards(out)
+    return stamp(out)
 
 
-def _shards_artifacts(path: Path, manifest: Any) -> None:
-    from metalearn.shards.store import read_index
-
-    counts = manifest.counts
+def publish_shards(result: dict[str, Any]) -> None:
+    """The shards and tasks-index artifacts (also republished for a cached result)."""
+    path, counts = Path(result["path"]), result["counts"]
     splits = counts.get("tasks_per_split") or {}
     reasons = counts.get("excluded_reasons") or {}
     text = (
@@ -52,5 +56,5 @@ def _shards_artifacts(path: Path, manifest: Any) -> None:
     create_markdown_artifact(markdown=text, key=artifact_key("shards"), description="task and split counts")
     index = read_index(path)
     columns = [c for c in INDEX_COLUMNS if c in index.columns]
-    rows = index[columns].astype({"n_rows": int}).to_dict("records")
+    rows = index[columns].astype({S.N_ROWS: int}).to_dict("records")
     create_table_artifact(table=rows, key=artifact_key("tasks-index"), description="one row per task")

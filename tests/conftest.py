@@ -21,6 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from metalearn.features.plan import FeaturizeConfig
+from metalearn.features.stage import build_features
+from metalearn.ingest.stage import IngestConfig, ingest
+from metalearn.layout import WorkDir
+from metalearn.shards.define import ShardConfig
+from metalearn.shards.stage import build_shards
+
 REPO = Path(__file__).resolve().parent.parent
 
 # tests/ is not a package: helper modules the sub-conftests and tests import by these top-level names,
@@ -57,15 +64,11 @@ SMALL_DATASETS = ("aflow__Egap", "OQMD_Bandgap", "mp_bulk_modulus", "aflow__ael_
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory) -> Path:
     """Real task shards from a small slice of the bundled data (ingest -> features -> shards)."""
-    from metalearn.features.plan import FeaturizeConfig, build_features
-    from metalearn.ingest.stage import IngestConfig, ingest
-    from metalearn.shards.define import ShardConfig, build_shards
-
-    workdir = tmp_path_factory.mktemp("small-work")
-    snap = ingest(workdir, IngestConfig(max_rows_per_dataset=400, datasets=SMALL_DATASETS)).path
-    features = build_features(snap, workdir, FeaturizeConfig(structure_features=False))
+    work = WorkDir.resolve(tmp_path_factory.mktemp("small-work"))
+    snap = ingest(work, IngestConfig(max_rows_per_dataset=400, datasets=SMALL_DATASETS)).path
+    features = build_features(snap, work, FeaturizeConfig(structure_features=False))
     cfg = ShardConfig(min_task_rows=30, whole_property_below=150, max_task_rows=200)
-    result = build_shards(snap, features, workdir, cfg)
-    again = build_shards(snap, features, workdir, cfg)
+    result = build_shards(snap, features, work, cfg)
+    again = build_shards(snap, features, work, cfg)
     assert result.created and not again.created and again.path == result.path
     return result.path

@@ -15,8 +15,10 @@ e_total (= poly_total), e_ij_max, volume and density of the structure. Fields th
 Fault knobs (thread-safe, change them between or during runs): ``fail_429`` (answer 429 that many
 times), ``fail_status`` / ``fail_count`` (answer e.g. 503 that many times, None = always),
 ``retry_after`` (Retry-After header on those), ``truncate_page`` + ``truncate_mode`` ("json": a cut
-but well-framed body; "transport": the connection closes mid-body), ``echo_key_in_errors`` (the 403
-detail repeats the key, as a careless server might). Data knobs: :meth:`MPServer.modify`,
+but well-framed body; "transport": the connection closes mid-body; "garbage": a complete body that
+is not JSON, as a misconfigured proxy sends), ``delay_s`` (sleep before answering a summary request,
+to exceed a client timeout), ``echo_key_in_errors`` (the 403 detail repeats the key, as a careless
+server might). Data knobs: :meth:`MPServer.modify`,
 :meth:`MPServer.add`, :meth:`MPServer.remove`, ``db_version``. Every request is logged in ``requests``.
 """
 
@@ -26,6 +28,7 @@ import copy
 import json
 import math
 import threading
+import time
 import warnings
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -116,6 +119,7 @@ class MPServer:
         self.retry_after: str | None = None
         self.truncate_page: int | None = None
         self.truncate_mode = "json"
+        self.delay_s = 0.0
         self.echo_key_in_errors = False
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -227,6 +231,8 @@ class MPServer:
                                              "total_doc": len(docs), "max_limit": MAX_LIMIT, "facet": None}})
         if truncate and mode == "json":
             return 200, {}, body[: len(body) // 2], None
+        if truncate and mode == "garbage":
+            return 200, {}, b"<html><body>502 Bad Gateway</body></html>", None
         return 200, {}, body, (len(body) // 2 if truncate else None)
 
     def _retry_headers(self) -> dict[str, str]:
@@ -253,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                           "version": self.state.emmet_version,
                                                           "access_controlled_batch_ids": []}), None
         elif path.rstrip("/") == SUMMARY_PATH.rstrip("/"):
+            if self.state.delay_s:
+                time.sleep(self.state.delay_s)
             status, headers, body, send = self.state.respond_summary(params, self.headers)
         else:
             status, headers, body, send = 404, {}, _json({"detail": "Not Found"}), None
@@ -268,7 +276,11 @@ class _Handler(BaseHTTPRequestHandler):
         if send is not None:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body if send is None else body[:send])
+        try:
+            self.wfile.write(body if send is None else body[:send])
+            if send is not None:
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. its timeout, delay_s)
+            send = 0
         if send is not None:
-            self.wfile.flush()
             self.close_connection = True

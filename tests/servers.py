@@ -29,7 +29,7 @@ FORMULAS = ["Fe2O3", "NaCl", "MgO", "Al2O3", "SiO2", "TiO2", "ZnO", "CuO", "GaAs
 
 def make_shards(directory: Path) -> Path:
     """A shards directory with what the model needs: manifest.json and feature_stats.parquet."""
-    from metalearn.features.plan import featurize_compositions
+    from metalearn.features.composition import featurize_compositions
 
     directory.mkdir(parents=True, exist_ok=True)
     features, _ = featurize_compositions(FORMULAS)
@@ -39,7 +39,7 @@ def make_shards(directory: Path) -> Path:
     stats = pd.DataFrame({"feature": list(features.columns),
                           "mean": np.where(np.isfinite(mean), mean, 0.0),
                           "std": np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)})
-    io.write_parquet_atomic(directory / "feature_stats.parquet", stats)
+    io.write_parquet_atomic(directory / S.FEATURE_STATS_FILE, stats)
     manifest = S.Manifest(stage="shards", source="bundled", content_hash="shards" + "0" * 58, n_rows=len(FORMULAS),
                           created=datetime.now(UTC).isoformat(),
                           inputs={"snapshot": "snap" + "1" * 60, "features": "feat" + "2" * 60},

@@ -9,7 +9,7 @@ at least ``min_improvement`` (relative) and it wins at least ``min_win_rate`` of
 half). Two versions' draws are the same when their :func:`eval_protocol` hashes match.
 
 Example:
-    >>> gate = paired_gate(scores, "fomaml", "mean", RegistryConfig(metric="mae_mad", k=5))
+    >>> gate = paired_gate(scores, "fomaml", "mean", RegistryConfig(metric="mae_mad", n_support=5))
     >>> gate["passed"], gate["reason"]
     (True, 'median mae_mad 0.41 vs 0.62 (+33.9%, need >= 1.0%); wins 88% of 40 tasks (need >= 50%)')
 """
@@ -25,6 +25,7 @@ import pandas as pd
 
 from metalearn import io
 from metalearn.config import flatten
+from metalearn.evaluate.report import HIGHER_IS_BETTER, paired_comparison, per_task
 
 DRAW_KEYS = ["task_id", "setting", "k", "draw", "metric"]
 
@@ -37,7 +38,8 @@ class RegistryConfig:
         tracking_uri: None -> ``$MLFLOW_TRACKING_URI``, else SQLite under the work directory.
         experiment: MLflow experiment of the training runs.
         model_name: registered model name.
-        metric / k: the paired comparison (``metric`` from evaluate.py, at support size ``k``).
+        metric / n_support: the paired comparison (``metric`` of the k-shot protocol, at this
+            support size).
         min_improvement: relative improvement of the median per-task metric the candidate needs.
         min_win_rate: share of tasks (ties count half) the candidate must win.
         baseline: learner in the scores that the first model ever must beat.
@@ -47,7 +49,7 @@ class RegistryConfig:
     experiment: str = "metalearn"
     model_name: str = "metalearn"
     metric: str = "mae_mad"
-    k: int = 5
+    n_support: int = 10
     min_improvement: float = 0.01
     min_win_rate: float = 0.5
     baseline: str = "mean"
@@ -72,16 +74,13 @@ def paired_gate(scores: pd.DataFrame, candidate: str, reference: str, cfg: Regis
     reference's by at least ``cfg.min_improvement`` (relative) and it wins at least
     ``cfg.min_win_rate`` of the tasks (paired, ties half).
     """
-    from metalearn.evaluate.protocol import HIGHER_IS_BETTER, paired_comparison
-    from metalearn.evaluate.report import per_task
-
-    numbers: dict[str, Any] = {"metric": cfg.metric, "k": cfg.k, "n_tasks": 0}
-    at_k = scores[(scores["metric"] == cfg.metric) & (scores["k"] == cfg.k)]
+    numbers: dict[str, Any] = {"metric": cfg.metric, "n_support": cfg.n_support, "n_tasks": 0}
+    at_k = scores[(scores["metric"] == cfg.metric) & (scores["k"] == cfg.n_support)]
     present = set(at_k["learner"])
     if not {candidate, reference} <= present:
         return {**numbers, "passed": False,
-                "reason": f"no {cfg.metric} scores at k={cfg.k} for {sorted({candidate, reference} - present)}"}
-    cmp = paired_comparison(at_k, candidate, reference, cfg.metric, cfg.k)
+                "reason": f"no {cfg.metric} scores at k={cfg.n_support} for {sorted({candidate, reference} - present)}"}
+    cmp = paired_comparison(at_k, candidate, reference, cfg.metric, cfg.n_support)
     if cmp.n_tasks == 0:
         return {**numbers, "passed": False, "reason": "no task with finite scores for both on the same draws"}
     table = per_task(at_k)
@@ -151,5 +150,24 @@ def decision_record(cand_version: str, champ_version: str | None, gate: dict[str
             "min_win_rate": cfg.min_win_rate}
 
 
-__all__ = ["RegistryConfig", "compare_versions", "decision_record", "eval_protocol", "paired_gate",
-           "same_draws"]
+def choose_candidate(summary: list[dict[str, Any]], regressors: list[str], cfg: RegistryConfig
+                     ) -> tuple[str, dict[str, Any]]:
+    """The regressor with the best mean (over meta-test settings) of its median gate metric.
+
+    Args:
+        summary: the evaluate stage's summary rows (setting, learner, k, metric, median, ...).
+        regressors: candidate names, in order of preference for ties.
+    """
+    sign = -1.0 if HIGHER_IS_BETTER.get(cfg.metric, False) else 1.0  # lower is better after signing
+    evidence: dict[str, float] = {}
+    for name in regressors:
+        values = [row["median"] for row in summary
+                  if row["learner"] == name and row["k"] == cfg.n_support and row["metric"] == cfg.metric
+                  and row.get("median") is not None and np.isfinite(row["median"])]
+        if values:
+            evidence[name] = float(np.mean(values))
+    if not evidence:
+        return regressors[0], {"reason": f"no {cfg.metric} at n_support={cfg.n_support} in the evaluation; "
+                                         "first learner chosen"}
+    best = min(evidence, key=lambda n: (sign * evidence[n], regressors.index(n)))
+    return best, {"metric": cfg.metric, "n_support": cfg.n_support, "median_by_learner": evidence}

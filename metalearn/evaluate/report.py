@@ -5,6 +5,12 @@ family, k, draw, learner, metric, value). The unit of analysis is the *task*: dr
 per task first (NaN draws skipped), so a task with many draws does not count more, and
 confidence intervals resample tasks.
 
+Only unit-free metrics (:data:`UNIT_FREE`: MAE/MAD, ROC-AUC, ΔAUPRC) are aggregated over tasks:
+raw MAE is in each property's own unit (eV next to GPa), so it appears per task only
+(``per_task.csv``) and, as a per-task ratio to the random forest's MAE, in the shares of tasks a
+learner beats ``rf`` by >= 20% or loses to it by > 10% (the columns ``beats_rf_20pct`` and
+``worse_than_rf_10pct`` of the regression rows).
+
 Example:
     >>> summary = summarize(scores, baselines=("mean", "rf"))
     >>> cmp = paired_comparison(scores, "maml", "rf", metric="mae_mad", k=5)
@@ -17,15 +23,22 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from metalearn.io import write_bytes_atomic
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 # Direction of every metric evaluate.py emits; an unknown metric is an error, not a guess.
 HIGHER_IS_BETTER = {"mae": False, "mae_mad": False, "roc_auc": True, "delta_auprc": True}
-PLOT_METRICS = ("mae_mad", "delta_auprc")  # unit-free, so tasks of different properties average
+UNIT_FREE = ("mae_mad", "roc_auc", "delta_auprc")  # the metrics summaries average over tasks
+PLOT_METRIC = "mae_mad"
+RF = "rf"  # the reference of the "beats random forest by >= 20%" reading
+BEAT_RATIO, WORSE_RATIO = 0.8, 1.1  # MAE / MAE(rf) at most 0.8: beats by >= 20%; above 1.1: worse by > 10%
 TASK_KEYS = ["setting", "task_id", "learner", "k", "metric"]
 
 
@@ -134,12 +147,15 @@ def summarize(
     ci: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per (setting, learner, k, metric): task count, mean and median over tasks with bootstrap CIs,
-    and ``win_rate_vs_<b>`` (paired per task) for each baseline b present in ``scores``."""
+    """Per (setting, learner, k, unit-free metric): task count, mean and median over tasks with
+    bootstrap CIs, ``win_rate_vs_<b>`` (paired per task) for each baseline b present in ``scores``,
+    and on regression rows (metric ``mae_mad``), when ``rf`` was scored, ``beats_rf_20pct`` /
+    ``worse_than_rf_10pct``: the share of tasks whose mean MAE is <= 0.8x / > 1.1x rf's."""
     table = per_task(scores)
     present = [b for b in baselines if b in set(table["learner"])]
+    versus_rf = _versus_rf(table)
     rows = []
-    for (setting, k, metric), block in table.groupby(["setting", "k", "metric"]):
+    for (setting, k, metric), block in table[table["metric"].isin(UNIT_FREE)].groupby(["setting", "k", "metric"]):
         sign = _direction(metric)
         wide = block.pivot_table(index="task_id", columns="learner", values="value")  # (tasks, learners)
         for learner in wide.columns:
@@ -162,6 +178,9 @@ def summarize(
                     if pair is None
                     else _win_rate(pair[learner].to_numpy(), pair[b].to_numpy(), sign)
                 )
+            if versus_rf is not None:
+                shares = versus_rf.get((setting, k, learner)) if metric == "mae_mad" else None
+                row["beats_rf_20pct"], row["worse_than_rf_10pct"] = shares or (float("nan"), float("nan"))
             rows.append(row)
     columns = [
         "setting",
@@ -176,19 +195,63 @@ def summarize(
         "median_lo",
         "median_hi",
     ] + [f"win_rate_vs_{b}" for b in present]
+    if versus_rf is not None:
+        columns += ["beats_rf_20pct", "worse_than_rf_10pct"]
     summary = pd.DataFrame(rows, columns=columns)
     return summary.sort_values(["setting", "metric", "learner", "k"], ignore_index=True)
 
 
+def _versus_rf(table: pd.DataFrame) -> dict[tuple[str, int, str], tuple[float, float]] | None:
+    """(setting, k, learner) -> (share of tasks with MAE <= 0.8 x rf's, share with MAE > 1.1 x rf's).
+
+    Per task, MAE / MAE(rf) is unit-free, so tasks of different properties may be counted together.
+    Tasks where either MAE is missing or rf's is 0 are left out. None when rf has no MAE scores.
+    """
+    mae = table[table["metric"] == "mae"]
+    if RF not in set(mae["learner"]):
+        return None
+    out = {}
+    for (setting, k), block in mae.groupby(["setting", "k"]):
+        wide = block.pivot_table(index="task_id", columns="learner", values="value")
+        if RF not in wide.columns:
+            continue
+        for learner in wide.columns.drop(RF):
+            pair = wide[[learner, RF]].dropna()
+            pair = pair[pair[RF] > 0]
+            ratio = (pair[learner] / pair[RF]).to_numpy()
+            out[(setting, k, learner)] = (
+                (float(np.mean(ratio <= BEAT_RATIO)), float(np.mean(ratio > WORSE_RATIO))) if len(ratio)
+                else (float("nan"), float("nan"))
+            )
+    return out
+
+
+def _share(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.0%}"
+
+
 def _markdown(summary: pd.DataFrame) -> str:
-    """One table per (setting, metric); no tabulate dependency."""
+    """One heading, then one table per (setting, metric); no tabulate dependency."""
     wins = [c for c in summary.columns if c.startswith("win_rate_vs_")]
-    header = ["learner", "k", "tasks", "mean [95% CI]", "median [95% CI]"] + [
-        f"win vs {c[12:]}" for c in wins
+    versus_rf = "beats_rf_20pct" in summary.columns
+    lines = [
+        "# k-shot evaluation",
+        "",
+        "Mean and median over tasks (draws averaged per task first), with 95% bootstrap CIs over tasks. "
+        "`win vs b`: share of tasks where the learner beats baseline b on the same draws (ties count half). "
+        "Raw MAE is in each property's own unit, so it is not averaged over tasks here (see `per_task.csv`)"
+        + (
+            "; `beats rf by >= 20%` / `worse than rf by > 10%`: share of tasks whose MAE is at most 0.8x / "
+            "more than 1.1x the random forest's at the same k."
+            if versus_rf else "."
+        ),
+        "",
     ]
-    lines = ["# k-shot evaluation", ""]
     for (setting, metric), group in summary.groupby(["setting", "metric"]):
         better = "higher" if HIGHER_IS_BETTER.get(metric, False) else "lower"
+        rf_columns = versus_rf and metric == "mae_mad"
+        header = ["learner", "k", "tasks", "mean [95% CI]", "median [95% CI]"] + [f"win vs {c[12:]}" for c in wins]
+        header += ["beats rf by >= 20%", "worse than rf by > 10%"] if rf_columns else []
         lines += [
             f"## {setting}: {metric} ({better} is better)",
             "",
@@ -204,33 +267,71 @@ def _markdown(summary: pd.DataFrame) -> str:
                 f"{r.median:.4g} [{r.median_lo:.4g}, {r.median_hi:.4g}]",
             ]
             cells += ["" if np.isnan(getattr(r, c)) else f"{getattr(r, c):.2f}" for c in wins]
+            if rf_columns:
+                cells += [_share(r.beats_rf_20pct), _share(r.worse_than_rf_10pct)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _kshot_png(summary: pd.DataFrame) -> bytes:
-    """Mean over tasks vs k with the bootstrap CI band, one panel per (setting, unit-free metric)."""
+def _plotted(group: pd.DataFrame, baselines: Sequence[str]) -> list[tuple[str, str]]:
+    """(learner, label) of one panel: every learner that is not a baseline, then the best baseline.
+
+    The best baseline has the lowest median MAE/MAD averaged over the panel's k values. With no
+    learner but baselines, every baseline is drawn.
+    """
+    names = sorted(group["learner"].unique())
+    learners = [n for n in names if n not in baselines]
+    present = [n for n in names if n in baselines]
+    if not learners:
+        return [(n, n) for n in present]
+    if not present:
+        return [(n, n) for n in learners]
+    best = min(present, key=lambda n: (group.loc[group["learner"] == n, "median"].mean(), n))
+    return [(n, n) for n in learners] + [(best, f"{best} (best baseline)")]
+
+
+def kshot_figure(summary: pd.DataFrame, baselines: Sequence[str] = ()) -> Figure:
+    """Median MAE/MAD over tasks per k with its bootstrap CI as error bars; one panel per setting.
+
+    The x axis is categorical: exactly the evaluated k values, evenly spaced. Each learner's points
+    sit at a small horizontal offset of their own so the error bars do not hide each other.
+    """
+    # deferred: matplotlib costs ~0.5 s to import, and gate.py (every CLI call) imports this module
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
     from matplotlib.figure import Figure
 
-    panels = summary[summary["metric"].isin(PLOT_METRICS)]
-    keys = sorted(set(zip(panels["setting"], panels["metric"]))) or [("no scores", "")]
-    fig = Figure(figsize=(5 * len(keys), 4), constrained_layout=True)
+    panels = summary[summary["metric"] == PLOT_METRIC]
+    settings = sorted(panels["setting"].unique()) or ["no regression scores"]
+    fig = Figure(figsize=(5.5 * len(settings), 4.2), constrained_layout=True)
     FigureCanvasAgg(fig)
-    for ax, (setting, metric) in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys):
-        group = panels[(panels["setting"] == setting) & (panels["metric"] == metric)]
-        for learner, rows in group.groupby("learner"):
-            rows = rows.sort_values("k")
-            ax.plot(rows["k"], rows["mean"], marker="o", label=learner)
-            ax.fill_between(rows["k"], rows["mean_lo"], rows["mean_hi"], alpha=0.2)
-        ax.set(title=setting, xlabel="k (support size)", ylabel=metric)
-        if len(group):
-            ax.set_xscale("log")
-            ax.set_xticks(sorted(group["k"].unique()), labels=[str(k) for k in sorted(group["k"].unique())])
+    for ax, setting in zip(np.atleast_1d(fig.subplots(1, len(settings))), settings):
+        group = panels[panels["setting"] == setting]
+        ks = sorted(int(k) for k in group["k"].unique())
+        series = _plotted(group, baselines)
+        half = min(0.06 * (len(series) - 1), 0.3)  # 0.12 apart, the spread capped: points stay by their tick
+        offsets = np.linspace(-half, half, len(series))
+        for (learner, label), offset in zip(series, offsets):
+            rows = group[group["learner"] == learner].sort_values("k")
+            x = np.array([ks.index(int(k)) for k in rows["k"]]) + offset
+            err = np.vstack([rows["median"] - rows["median_lo"], rows["median_hi"] - rows["median"]])
+            baseline = learner in baselines
+            ax.errorbar(x, rows["median"], yerr=np.clip(err, 0, None), label=label, capsize=3, linewidth=1,
+                        marker="s" if baseline else "o", linestyle="--" if baseline else "-")
+        n_tasks = int(group["n_tasks"].max()) if len(group) else 0
+        ax.set(title=f"{setting} ({n_tasks} tasks)", xlabel="k (support size)",
+               ylabel="median MAE/MAD over tasks (95% CI)")
+        ax.set_xticks(range(len(ks)), labels=[str(k) for k in ks])
+        ax.set_xlim(-0.6, max(len(ks), 1) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+        if series:
             ax.legend(fontsize="small")
+    return fig
+
+
+def _kshot_png(summary: pd.DataFrame, baselines: Sequence[str] = ()) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    kshot_figure(summary, baselines).savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
 
 
@@ -242,7 +343,8 @@ def write_report(
     seed: int = 0,
     summary: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
-    """Write scores.csv, summary.md and kshot.png (each atomically) under ``out_dir``; returns their paths.
+    """Write scores.csv, per_task.csv (every metric, raw MAE included, averaged over draws per task),
+    summary.md and kshot.png (each atomically) under ``out_dir``; returns their paths.
 
     ``summary``: a :func:`summarize` result the caller already has (its bootstrap is the costly part).
     """
@@ -251,10 +353,12 @@ def write_report(
         summary = summarize(scores, baselines=baselines, n_bootstrap=n_bootstrap, seed=seed)
     paths = {
         "scores": out_dir / "scores.csv",
+        "per_task": out_dir / "per_task.csv",
         "summary": out_dir / "summary.md",
         "kshot": out_dir / "kshot.png",
     }
     write_bytes_atomic(paths["scores"], scores.to_csv(index=False).encode())
+    write_bytes_atomic(paths["per_task"], per_task(scores).to_csv(index=False).encode())
     write_bytes_atomic(paths["summary"], _markdown(summary).encode())
-    write_bytes_atomic(paths["kshot"], _kshot_png(summary))
+    write_bytes_atomic(paths["kshot"], _kshot_png(summary, baselines))
     return paths

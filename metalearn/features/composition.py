@@ -3,11 +3,12 @@
 Why a fast path: matminer's ``featurize_dataframe`` runs a Python loop per composition and per
 property (~600 formulas/s for Magpie alone), which makes featurizing the bundled ~540k formulas a
 half-hour job. Here the elemental tables are taken once from matminer's own data sources
-(``MagpieData``, ``PymatgenData``), each formula is parsed once by pymatgen (cached), and the
-statistics of :class:`matminer.featurizers.utils.stats.PropertyStats` (minimum, maximum, range,
-mean, avg_dev, mode; NaN propagation included) are evaluated for a whole block of compositions at
-once. ``tests/test_featurize.py`` checks every value against :func:`featurize_compositions_matminer`
-(matminer itself) to 1e-9, NaN pattern included.
+(``MagpieData``, ``PymatgenData``), each formula is parsed once
+(:func:`metalearn.chemistry.parse_composition`, cached), and the statistics of
+:class:`matminer.featurizers.utils.stats.PropertyStats` (minimum, maximum, range, mean, avg_dev,
+mode; NaN propagation included) are evaluated for a whole block of compositions at once.
+``tests/features/test_featurize.py`` checks every value against
+:func:`featurize_compositions_matminer` (matminer itself) to 1e-9, NaN pattern included.
 
 The feature set (``FEATURE_SET_VERSION``) is matminer's, with ``impute_nan=False`` everywhere:
 matminer's default imputes a missing elemental value with the mean over all elements, which
@@ -32,20 +33,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from metalearn.chemistry import MAX_Z, Parsed, parse_composition
 from metalearn.features.composition_stats import compound_possible, ionic_character, property_stats
 from metalearn.schema import DETAIL, FORMULA, REASON
 
 FEATURE_SET_VERSION = "v1"  # bump whenever a feature definition, its data or a label changes
 
-ERROR_COLUMNS = [FORMULA, REASON, DETAIL]
-
-# error reasons (machine codes); see also metalearn.schema.QUARANTINE_REASONS
-UNPARSEABLE = "unparseable_formula"
-UNKNOWN_ELEMENT = "unknown_element"
+# error reason (machine code) of a formula that parses but lacks elemental data; the parse errors
+# (unparseable_formula, unknown_element) are metalearn.chemistry's
 MISSING_DATA = "missing_element_data"
 
 _BLOCK = 8192  # rows per vectorized block: bounds the (rows, elements, properties) temporaries
-_MAX_Z = 118
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,7 +84,7 @@ def _tables() -> _Tables:
     magpie_fz, stoich_fz, valence_fz, ion_fz = matminer_featurizers()
     if list(valence_fz.props) != ["avg", "frac"] or ion_fz.fast is not True:
         raise RuntimeError("fast path assumes ValenceOrbital props (avg, frac) and IonProperty(fast=True)")
-    elements = [Element.from_Z(z) for z in range(1, _MAX_Z + 1)]
+    elements = [Element.from_Z(z) for z in range(1, MAX_Z + 1)]
 
     def column(source, prop: str) -> np.ndarray:
         with warnings.catch_warnings():
@@ -102,7 +100,7 @@ def _tables() -> _Tables:
         axis=1,
     )
     states = [list(ion_fz.data_source.get_oxidation_states(e)) for e in elements]
-    oxidation = np.full((_MAX_Z + 1, max(len(s) for s in states)), np.nan)
+    oxidation = np.full((MAX_Z + 1, max(len(s) for s in states)), np.nan)
     for z, s in enumerate(states, start=1):
         oxidation[z, : len(s)] = s
     return _Tables(
@@ -117,76 +115,6 @@ def _tables() -> _Tables:
     )
 
 
-class Parsed(NamedTuple):
-    """One formula parsed by pymatgen: atomic numbers and amounts in ``element_composition`` order."""
-
-    z: tuple[int, ...]
-    amounts: tuple[float, ...]
-    reason: str | None = None
-    detail: str = ""
-
-
-@functools.lru_cache(maxsize=1)
-def _parser() -> tuple:
-    """(pymatgen's formula parser, symbol -> Z, Composition.amount_tolerance), imported once."""
-    from pymatgen.core import Composition, Element
-
-    return (
-        Composition._parse_formula,
-        {e.symbol: e.Z for e in Element if e.Z <= _MAX_Z},
-        Composition.amount_tolerance,
-    )
-
-
-@functools.lru_cache(maxsize=1 << 16)  # ~20 MB; bounded so a long-lived worker stays small
-def parse_formula(formula: str) -> Parsed:
-    """Parse with pymatgen (the parser matminer's users use); cached per formula string.
-
-    The common case (plain element symbols, non-negative amounts) takes pymatgen's own formula
-    parser, ``Composition._parse_formula``, and applies ``Composition``'s amount tolerance, which
-    yields exactly ``Composition(formula).element_composition`` at twice the speed. Anything else
-    (D/T isotopes, dummy species, negative amounts, errors) goes through ``Composition`` itself.
-    Unknown symbols such as ``Xx`` parse as pymatgen ``DummySpecies``; they are reported as
-    ``unknown_element`` rather than featurized.
-    """
-    if not isinstance(formula, str):
-        return Parsed((), (), UNPARSEABLE, f"formula is not a string: {formula!r}")
-    if not formula.strip():
-        return Parsed((), (), UNPARSEABLE, "empty formula")
-    parse, to_z, tol = _parser()
-    try:
-        amounts = parse(formula)
-    except Exception as err:  # noqa: BLE001 -- any parse failure is a row-level error, not a crash
-        return Parsed((), (), UNPARSEABLE, f"{type(err).__name__}: {err}")
-    z, kept = [], []
-    for sym, amt in amounts.items():
-        number = to_z.get(sym)
-        if number is None or amt < 0:
-            return _parse_with_composition(formula)
-        if abs(amt) >= tol:
-            z.append(number)
-            kept.append(float(amt))
-    if not z:
-        return Parsed((), (), UNPARSEABLE, "formula has no atoms")
-    return Parsed(tuple(z), tuple(kept))
-
-
-def _parse_with_composition(formula: str) -> Parsed:
-    from pymatgen.core import Composition, Element
-
-    try:
-        comp = Composition(formula).element_composition
-    except Exception as err:  # noqa: BLE001 -- as above
-        return Parsed((), (), UNPARSEABLE, f"{type(err).__name__}: {err}")
-    unknown = [getattr(el, "symbol", str(el)) for el in comp if not isinstance(el, Element)]
-    if unknown:
-        return Parsed((), (), UNKNOWN_ELEMENT, f"not a chemical element: {', '.join(unknown)}")
-    if len(comp) == 0:
-        return Parsed((), (), UNPARSEABLE, "formula has no atoms")
-    items = list(comp.items())
-    return Parsed(tuple(el.Z for el, _ in items), tuple(float(a) for _, a in items))
-
-
 def _result(series: pd.Series, parsed: list[Parsed], values: np.ndarray, names: list[str]):
     """(features, errors) from parse results and feature values; NaN in a parsed row is an error."""
     nan_rows = set(np.flatnonzero(np.isnan(values).any(axis=1)).tolist())
@@ -196,7 +124,7 @@ def _result(series: pd.Series, parsed: list[Parsed], values: np.ndarray, names: 
             rows.append((i, series.iat[i], p.reason, p.detail))
         elif i in nan_rows:
             rows.append((i, series.iat[i], MISSING_DATA, _missing_data_detail(p, values[i], names)))
-    errors = pd.DataFrame(rows, columns=["_pos", *ERROR_COLUMNS])
+    errors = pd.DataFrame(rows, columns=["_pos", FORMULA, REASON, DETAIL])
     errors.index = series.index[errors.pop("_pos").to_numpy(dtype=int)] if rows else series.index[:0]
     return pd.DataFrame(values, index=series.index, columns=names), errors
 
@@ -269,7 +197,7 @@ def featurize_compositions(formulas: Iterable[str] | pd.Series) -> tuple[pd.Data
     series = _as_series(formulas)
     names = composition_feature_names()
     values = np.full((len(series), len(names)), np.nan)
-    parsed = [parse_formula(f) for f in series.tolist()]
+    parsed = [parse_composition(f) for f in series.tolist()]
     ok = np.array([p.reason is None for p in parsed], dtype=bool)
     ok_pos = np.flatnonzero(ok)
     n_el = np.array([len(parsed[i].z) for i in ok_pos], dtype=int)
@@ -298,7 +226,7 @@ def featurize_compositions_matminer(
 
     series = _as_series(formulas)
     names = composition_feature_names()
-    parsed = [parse_formula(f) for f in series.tolist()]
+    parsed = [parse_composition(f) for f in series.tolist()]
     ok_pos = [i for i, p in enumerate(parsed) if p.reason is None]
     values = np.full((len(series), len(names)), np.nan)
     if ok_pos:

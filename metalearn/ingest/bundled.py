@@ -4,6 +4,11 @@ Composition datasets come with their metadata from ``data/composition/INDEX.csv`
 datasets (MP dielectric and piezoelectric, Perov-5) are described here, one property per column.
 Read PROVENANCE.md for the caveats: the formula "NaN" is sodium nitride (we read with
 ``keep_default_na=False``), several properties appear in two sources (hence ``family``).
+
+Targets are read as the files' text. :func:`ingest_bundled` hands that text to the snapshot's
+validation, so a value such as ``abc``, an empty cell or ``1e400`` is quarantined with the text it
+had; the loaders' default (``target_text=False``) converts leniently (bad values become NaN) for
+library callers that want numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ import pandas as pd
 
 from metalearn import io
 from metalearn import schema as S
+from metalearn.ingest.snapshot import VALIDATION_KEY, SnapshotResult, latest_verified_snapshot, write_snapshot
+from metalearn.ingest.validate import VALIDATION_VERSION
+from metalearn.layout import WorkDir
+
+SOURCE = "bundled"
 
 # dataset_id -> (family, property_key, transform). Families group the same physical property across
 # sources, so a family can be held out whole (no leakage of "band gap" from AFLOW into OQMD's test).
@@ -110,14 +120,25 @@ def _subsample(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataF
     return frame.iloc[keep]
 
 
+def _targets(text: pd.Series, target_text: bool) -> np.ndarray:
+    """The file's target text as it is, or converted leniently (text that is no number -> NaN)."""
+    return text.to_numpy() if target_text else pd.to_numeric(text, errors="coerce").to_numpy()
+
+
 def load_composition_dataset(dataset_id: str, data_dir: Path | None = None, max_rows: int | None = None,
-                             seed: int = 0) -> pd.DataFrame:
-    """Records of one composition dataset; the target is parsed leniently (bad values become NaN → quarantine)."""
+                             seed: int = 0, target_text: bool = False) -> pd.DataFrame:
+    """Records of one composition dataset.
+
+    Args:
+        target_text: keep each target as the file's text (for validation, which quarantines bad
+            values with that text); False converts to float64, bad values becoming NaN.
+    """
     index = read_index(data_dir).set_index("dataset_id")
     if dataset_id not in index.index:
         raise ValueError(f"unknown bundled dataset {dataset_id!r}; see data/composition/INDEX.csv")
     path = (data_dir or io.repo_data_dir()) / index.at[dataset_id, "path"]
-    frame = _subsample(pd.read_csv(path, keep_default_na=False, dtype={"formula": str}), max_rows, seed)
+    frame = _subsample(pd.read_csv(path, keep_default_na=False, dtype={"formula": str, "target": str}),
+                       max_rows, seed)
     material = frame["material_id"].astype(str) if "material_id" in frame else None
     return pd.DataFrame({
         S.RECORD_ID: [f"{dataset_id}:{i}" for i in frame.index],
@@ -125,7 +146,7 @@ def load_composition_dataset(dataset_id: str, data_dir: Path | None = None, max_
         S.MATERIAL_ID: material.to_numpy() if material is not None else None,
         S.FORMULA: frame["formula"].to_numpy(),
         S.STRUCTURE_JSON: None,
-        S.TARGET: pd.to_numeric(frame["target"], errors="coerce").to_numpy(),
+        S.TARGET: _targets(frame["target"], target_text),
         S.ORIG_SPLIT: frame["split"].to_numpy(),
     })
 
@@ -149,12 +170,14 @@ def cif_to_structure_json(cif: str) -> str:
 
 
 def load_structure_datasets(data_dir: Path | None = None, max_rows: int | None = None,
-                            seed: int = 0) -> pd.DataFrame:
+                            seed: int = 0, target_text: bool = False) -> pd.DataFrame:
     """Long records for every structure-bearing property, each CIF parsed once per file."""
     base = (data_dir or io.repo_data_dir()) / "structures"
     frames = []
     for file in sorted({p.file for p in STRUCTURE_PROPERTIES}):
-        table = _subsample(pd.read_csv(base / file, keep_default_na=False, dtype={"formula": str}), max_rows, seed)
+        text_columns = {p.column: str for p in STRUCTURE_PROPERTIES if p.file == file}
+        table = _subsample(pd.read_csv(base / file, keep_default_na=False, dtype={"formula": str, **text_columns}),
+                           max_rows, seed)
         structures = [cif_to_structure_json(c) for c in table["cif"]]
         for prop in (p for p in STRUCTURE_PROPERTIES if p.file == file):
             frames.append(pd.DataFrame({
@@ -163,7 +186,7 @@ def load_structure_datasets(data_dir: Path | None = None, max_rows: int | None =
                 S.MATERIAL_ID: table["material_id"].astype(str).to_numpy(),
                 S.FORMULA: table["formula"].to_numpy(),
                 S.STRUCTURE_JSON: structures,
-                S.TARGET: pd.to_numeric(table[prop.column], errors="coerce").to_numpy(),
+                S.TARGET: _targets(table[prop.column], target_text),
                 S.ORIG_SPLIT: table["split"].to_numpy() if "split" in table else None,
             }))
     return pd.concat(frames, ignore_index=True)
@@ -177,23 +200,49 @@ def input_fingerprint(data_dir: Path | None = None) -> str:
 
 
 def load_bundled(data_dir: Path | None = None, max_rows_per_dataset: int | None = None,
-                 seed: int = 0, datasets: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 seed: int = 0, datasets: list[str] | None = None,
+                 target_text: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All bundled records and their property table.
 
     Args:
         max_rows_per_dataset: seeded subsample per dataset (few-shot tasks need hundreds of rows,
             not 300k); None keeps everything.
         datasets: restrict to these dataset ids (composition or structure ones).
+        target_text: targets as the files' text (see :func:`load_composition_dataset`).
     """
     properties = properties_table(data_dir)
     wanted = set(datasets) if datasets else set(properties[S.DATASET_ID])
     unknown = wanted - set(properties[S.DATASET_ID])
     if unknown:
         raise ValueError(f"unknown bundled datasets {sorted(unknown)}")
-    frames = [load_composition_dataset(d, data_dir, max_rows_per_dataset, seed)
+    frames = [load_composition_dataset(d, data_dir, max_rows_per_dataset, seed, target_text)
               for d in read_index(data_dir)["dataset_id"] if d in wanted]
     if any(p.dataset_id in wanted for p in STRUCTURE_PROPERTIES):
-        structures = load_structure_datasets(data_dir, max_rows_per_dataset, seed)
+        structures = load_structure_datasets(data_dir, max_rows_per_dataset, seed, target_text)
         frames.append(structures[structures[S.DATASET_ID].isin(wanted)])
     records = pd.concat(frames, ignore_index=True)
     return records, properties[properties[S.DATASET_ID].isin(wanted)].reset_index(drop=True)
+
+
+def ingest_bundled(work: WorkDir, *, max_rows_per_dataset: int | None = 3000, seed: int = 0,
+                   datasets: list[str] | tuple[str, ...] | None = None,
+                   data_dir: Path | None = None) -> SnapshotResult:
+    """Write (unless unchanged) a ``bundled`` raw snapshot under ``work.raw("bundled")``.
+
+    Why a fingerprint first: a nightly re-ingest of the unchanged bundle then costs a hash of the
+    files and a check of the snapshot's digests, not a re-parse of thousands of CIFs. The snapshot
+    found must verify and have been validated by the current rules; otherwise it is rebuilt.
+    """
+    query = {"max_rows_per_dataset": max_rows_per_dataset, "seed": seed,
+             "datasets": list(datasets) if datasets else None}
+    fingerprint = input_fingerprint(data_dir)
+    latest = latest_verified_snapshot(work, SOURCE)
+    if latest is not None:
+        manifest = io.read_manifest(latest)
+        if (manifest.extra.get("input_fingerprint") == fingerprint and manifest.query == query
+                and manifest.extra.get(VALIDATION_KEY) == VALIDATION_VERSION):
+            return SnapshotResult(latest, manifest, created=False,
+                                  n_quarantined=int(manifest.counts.get("quarantined", 0)))
+    records, properties = load_bundled(data_dir, max_rows_per_dataset=max_rows_per_dataset, seed=seed,
+                                       datasets=list(datasets) if datasets else None, target_text=True)
+    return write_snapshot(work, SOURCE, records, properties, query=query, extra={"input_fingerprint": fingerprint})

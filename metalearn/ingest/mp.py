@@ -1,7 +1,8 @@
 """Materials Project (mp-api) source: the config, the wide ``summary`` table and its long records.
 
-The network half (client, retries, incremental fetch, snapshot) lives in
-:mod:`metalearn.ingest.mp_client`; this module is pure data shaping, so it imports without mp-api.
+The network half (session, retries, incremental fetch, snapshot: ``ingest_mp``) lives in
+:mod:`metalearn.ingest.mp_client`; this module is pure record shaping, so it imports without
+mp-api or requests.
 
 One MP ``materials/summary`` document becomes one row of the wide *summary* table: nested values are
 flattened into unit-named columns (``bulk_modulus.vrh`` -> ``k_vrh_gpa``, ``symmetry.number`` ->
@@ -21,10 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -41,7 +41,17 @@ class MPIngestError(ValueError):
     """An MP ingest could not finish (bad key, retry budget spent, malformed page, ...).
 
     The message names the cause and never contains the API key; nothing was written.
+
+    Attributes:
+        transient: True when the same call may succeed later without any change on our side:
+            HTTP 429/5xx that outlasted the retry budget, connection failures, timeouts, truncated
+            pages. False for a missing, malformed or rejected key, malformed data, a bad request
+            or criteria that match nothing. Orchestrators decide retries from this, not the text.
     """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -292,10 +302,3 @@ def quarantine_nonpositive_log(records: pd.DataFrame, properties: pd.DataFrame
     quarantine = pd.DataFrame(rows, columns=[f.name for f in S.QUARANTINE_SCHEMA])
     return records[~bad].reset_index(drop=True), quarantine
 
-
-def ingest_mp(workdir: Path, cfg: MPConfig, api_key: str | None = None,
-              on_progress: Callable[[str, int, int], None] | None = None):
-    """Fetch (incrementally) from the MP API and write a raw snapshot; see :mod:`mp_ingest`."""
-    from metalearn.ingest.mp_client import ingest_mp as _ingest
-
-    return _ingest(workdir, cfg, api_key=api_key, on_progress=on_progress)

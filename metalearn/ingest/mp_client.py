@@ -16,7 +16,9 @@ Faults: every request goes through one ``requests.Session`` whose urllib3 ``Retr
 429/500/502/503/504 and connection errors at most ``cfg.max_retries`` times, waiting
 ``backoff_base * 2**(n-1)`` s (Retry-After honoured, both capped at ``backoff_max``), with
 ``cfg.timeout`` per request. A missing/invalid key, a spent retry budget or a malformed page ends in
-:class:`MPIngestError` naming the cause. The key never appears in messages, logs or manifests:
+:class:`MPIngestError` naming the cause, with ``transient`` saying whether a later retry may help
+(429/5xx past the budget, connection failures, timeouts, truncated pages) or not (key, malformed
+data, bad request, no matches). The key never appears in messages, logs or manifests:
 errors from the HTTP layer are re-raised as fresh exceptions, without a chained cause (requests'
 exceptions carry the request, headers included).
 """
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from json import JSONDecodeError
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -52,7 +55,15 @@ from metalearn.ingest.mp import (
     summary_frame,
     to_records,
 )
-from metalearn.ingest.snapshot import SnapshotResult, latest_snapshot, read_table, write_snapshot
+from metalearn.ingest.snapshot import (
+    VALIDATION_KEY,
+    SnapshotResult,
+    latest_verified_snapshot,
+    read_table,
+    write_snapshot,
+)
+from metalearn.ingest.validate import VALIDATION_VERSION
+from metalearn.layout import WorkDir
 
 logger = logging.getLogger(__name__)
 
@@ -148,30 +159,37 @@ def _scrub(text: str, key: _Secret) -> str:
     return text.replace(key.value, "***") if key.value else text
 
 
-def _explain(exc: BaseException, stage: str, cfg: MPConfig) -> str:
-    """A specific, human-readable cause for an exception raised by the HTTP layer or the client."""
+def _explain(exc: BaseException, stage: str, cfg: MPConfig) -> tuple[str, bool]:
+    """(a specific, human-readable cause, whether it is transient) for a failure of the HTTP layer or client.
+
+    mp-api re-raises most transport failures as ``MPRestError`` text, so the status code and the
+    urllib3 cause are read from the message where the exception type is gone.
+    """
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MPIngestError):
-        return str(exc)
+        return str(exc), exc.transient
     if isinstance(exc, requests.exceptions.RetryError) or (match := re.search(r"too many (\d+) error", text)):
         code = match.group(1) if match else "429/5xx"
         return (f"{stage}: HTTP {code} persisted after {cfg.max_retries} retries with exponential backoff "
-                f"(retry budget exhausted): {text}")
+                f"(retry budget exhausted): {text}"), True
     if match := re.search(r"status code (401|403)", text):
-        return f"{stage}: the Materials Project API rejected the API key (HTTP {match.group(1)}): {text}"
+        return f"{stage}: the Materials Project API rejected the API key (HTTP {match.group(1)}): {text}", False
     if match := re.search(r"status code (\d{3})", text):
-        return f"{stage}: the API answered HTTP {match.group(1)}: {text}"
-    if isinstance(exc, ValueError) and "JSON" in type(exc).__name__ + text[:80]:
-        return f"{stage}: malformed response page (invalid or truncated JSON): {text}"
+        code = int(match.group(1))
+        return f"{stage}: the API answered HTTP {code}: {text}", code == 429 or code >= 500
+    if isinstance(exc, JSONDecodeError):
+        if exc.pos >= len(exc.doc):  # the body ends mid-document (or is empty): cut off in transit
+            return f"{stage}: truncated response page (truncated JSON, the body ends mid-document): {text}", True
+        return f"{stage}: malformed response page (invalid JSON): {text}", False
     if any(s in text for s in ("IncompleteRead", "ChunkedEncodingError", "Connection broken", "ProtocolError")):
-        return f"{stage}: truncated response page (the connection closed mid-body): {text}"
+        return f"{stage}: truncated response page (the connection closed mid-body): {text}", True
     if isinstance(exc, (KeyError, TypeError, AttributeError)):
-        return f"{stage}: malformed response page (unexpected shape): {text}"
-    if "Max retries exceeded" in text or isinstance(exc, requests.exceptions.ConnectionError):
-        return f"{stage}: cannot reach the API after {cfg.max_retries} retries: {text}"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"{stage}: request timed out after {cfg.timeout} s: {text}"
-    return f"{stage}: {text}"
+        return f"{stage}: malformed response page (unexpected shape): {text}", False
+    if isinstance(exc, requests.exceptions.Timeout) or re.search(r"timed out|timeout", text, re.IGNORECASE):
+        return f"{stage}: request timed out (limit {cfg.timeout} s per request): {text}", True
+    if "Max retries exceeded" in text or isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError)):
+        return f"{stage}: cannot reach the API after {cfg.max_retries} retries: {text}", True
+    return f"{stage}: {text}", False
 
 
 def _guarded(stage: str, cfg: MPConfig, key: _Secret, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -179,15 +197,18 @@ def _guarded(stage: str, cfg: MPConfig, key: _Secret, fn: Callable[..., Any], *a
     try:
         return fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 -- every failure becomes one specific, key-free error below
-        message = _scrub(_explain(exc, stage, cfg), key)
-    raise MPIngestError(message)  # outside the handler: no __context__ that could hold the key
+        message, transient = _explain(exc, stage, cfg)
+        message = _scrub(message, key)
+    raise MPIngestError(message, transient=transient)  # outside the handler: no __context__ that could hold the key
 
 
 def fetch_heartbeat(session: requests.Session, endpoint: str) -> dict[str, Any]:
     """``GET <endpoint>heartbeat`` -> {"db_version": ..., "version": ...} (raises on anything else)."""
     response = session.get(endpoint + "heartbeat")
     if response.status_code != 200:
-        raise MPIngestError(f"heartbeat: {endpoint}heartbeat answered HTTP {response.status_code}")
+        code = response.status_code
+        raise MPIngestError(f"heartbeat: {endpoint}heartbeat answered HTTP {code}",
+                            transient=code == 429 or code >= 500)
     body = response.json()
     if not isinstance(body, dict) or not isinstance(body.get("db_version"), str):
         raise MPIngestError(f"heartbeat: malformed heartbeat response (no db_version): {str(body)[:200]}")
@@ -196,7 +217,7 @@ def fetch_heartbeat(session: requests.Session, endpoint: str) -> dict[str, Any]:
 
 def _open_summary(session: requests.Session, endpoint: str, key: _Secret, cache_dir: Path) -> Any:
     """The real client's ``materials.summary`` rester, on our session, returning plain dicts."""
-    from mp_api.client import MPRester  # lazy: importing mp-api takes seconds
+    from mp_api.client import MPRester  # deferred: importing mp-api takes seconds; only an MP ingest needs it
 
     client = MPRester(api_key=key.value, endpoint=endpoint, session=session, use_document_model=False,
                       mute_progress_bars=True, local_dataset_cache=cache_dir)
@@ -236,9 +257,13 @@ def _fetch(summary: Any, ids: list[str], cfg: MPConfig, on_progress: Progress | 
     return summary_frame(docs)
 
 
-def _previous(workdir: Path, query: dict, full_refresh: bool) -> tuple[Path | None, pd.DataFrame | None]:
-    """The latest snapshot and its summary table, if it answered the same endpoint and criteria."""
-    path = latest_snapshot(workdir, SOURCE)
+def _previous(work: WorkDir, query: dict, full_refresh: bool) -> tuple[Path | None, pd.DataFrame | None]:
+    """The latest intact snapshot and its summary table, if it answered the same endpoint and criteria.
+
+    A corrupt latest snapshot is moved aside (see ``latest_verified_snapshot``): the run then
+    fetches in full, or from the newest intact snapshot before it.
+    """
+    path = latest_verified_snapshot(work, SOURCE)
     if path is None or full_refresh or not (path / "summary.parquet").exists():
         return path, None
     old = io.read_manifest(path).query
@@ -260,43 +285,45 @@ def _changed(listing: pd.DataFrame, previous: pd.DataFrame | None) -> tuple[list
     return sorted(fetch), set(before) - set(listing[MATERIAL_ID])
 
 
-def ingest_mp(workdir: Path, cfg: MPConfig, api_key: Any = None,
+def ingest_mp(work: WorkDir, cfg: MPConfig, api_key: Any = None,
               on_progress: Progress | None = None) -> SnapshotResult:
     """Fetch the MP summary for ``cfg.criteria`` (only what changed) and write an ``mp`` raw snapshot.
 
     Args:
-        workdir: the work directory (snapshots go to ``<workdir>/raw/mp/<id>/``).
+        work: the work directory (snapshots go to ``work.raw("mp")/<id>/``, mp-api's dataset cache
+            to ``work.mp_cache()``).
         cfg: endpoint, criteria, paging and retry settings.
         api_key: the MP key (str or SecretStr-like); None -> ``$MP_API_KEY``. Never stored or logged.
         on_progress: called as ``on_progress(stage, done, total)`` with stage "list", "fetch", "write".
     Returns:
         SnapshotResult; ``created=False`` (and the previous path) when nothing changed.
     Raises:
-        MPIngestError: missing/invalid key, retry budget exhausted, malformed or truncated page.
+        MPIngestError: missing/invalid key, retry budget exhausted, malformed or truncated page,
+            no matches; ``.transient`` says whether retrying later may help.
 
     Example:
-        >>> ingest_mp(Path("work"), MPConfig(criteria={"elements": ["Si", "O"]}))  # doctest: +SKIP
+        >>> ingest_mp(WorkDir.resolve("work"), MPConfig(criteria={"elements": ["Si", "O"]}))  # doctest: +SKIP
     """
-    workdir = Path(workdir)
     key = _Secret(resolve_api_key(api_key))
     endpoint = cfg.resolved_endpoint()
     query = {"endpoint": _public_url(endpoint), "criteria": cfg.criteria_json(), "fields": list(SUMMARY_FIELDS),
              "listing_fields": list(LISTING_FIELDS), "chunk_size": cfg.chunk_size}
-    previous_path, previous = _previous(workdir, query, cfg.full_refresh)
+    previous_path, previous = _previous(work, query, cfg.full_refresh)
 
     session = build_session(cfg, key.value)
     try:
         beat = _guarded("heartbeat", cfg, key, fetch_heartbeat, session, endpoint)
         summary = _guarded("client setup", cfg, key, _open_summary, session, endpoint, key,
-                           workdir / "cache" / "mp_datasets")
+                           work.mp_cache())
         listing = _guarded("listing", cfg, key, _listing, summary, cfg)
         if on_progress:
             on_progress("list", len(listing), len(listing))
         to_fetch, removed = _changed(listing, previous)
         logger.info("MP ingest: %d listed, %d to fetch, %d removed (db_version %s)",
                     len(listing), len(to_fetch), len(removed), beat["db_version"])
-        if previous is not None and previous_path is not None and not to_fetch and not removed:
-            manifest = io.read_manifest(previous_path)
+        unchanged = previous is not None and previous_path is not None and not to_fetch and not removed
+        manifest = io.read_manifest(previous_path) if unchanged else None
+        if manifest is not None and manifest.extra.get(VALIDATION_KEY) == VALIDATION_VERSION:
             return SnapshotResult(previous_path, manifest, created=False,
                                   n_quarantined=int(manifest.counts.get("quarantined", 0)))
         fresh = _guarded("fetch", cfg, key, _fetch, summary, to_fetch, cfg, on_progress)
@@ -323,7 +350,7 @@ def ingest_mp(workdir: Path, cfg: MPConfig, api_key: Any = None,
         "n_reused": len(merged) - len(fresh),
         "previous_snapshot": previous_path.name if previous is not None and previous_path else None,
     }
-    result = write_snapshot(workdir, SOURCE, records, properties, quarantine=quarantine, query=query,
+    result = write_snapshot(work, SOURCE, records, properties, quarantine=quarantine, query=query,
                             versions={"mp_api_server": str(beat.get("version") or "unknown")},
                             database_version=beat["db_version"], extra=extra, tables={"summary": merged})
     if on_progress:

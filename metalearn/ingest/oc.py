@@ -51,6 +51,8 @@ import pandas as pd
 
 from metalearn import io
 from metalearn import schema as S
+from metalearn.ingest.snapshot import SnapshotResult, write_snapshot
+from metalearn.layout import WorkDir
 
 SOURCE = "oc"
 SOURCE_DB = "Open Catalyst (OC20)"
@@ -275,15 +277,13 @@ def _records(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return records[[f.name for f in S.RECORDS_SCHEMA]]
 
 
-def ingest_oc(workdir: Path, data_dir: Path | None = None):
-    """Write (unless unchanged) an ``oc`` raw snapshot from the OC files in ``data_dir``."""
-    from metalearn.ingest.snapshot import write_snapshot
-
+def ingest_oc(work: WorkDir, data_dir: Path | None = None) -> SnapshotResult:
+    """Write (unless unchanged) an ``oc`` raw snapshot from the OC files in ``data_dir`` under ``work.raw("oc")``."""
     base = resolve_data_dir(data_dir)
     tables = load_oc_tables(base)
     files = [IS2RE_FILE, DENSE_FILE, ADSORBATES_FILE]
     return write_snapshot(
-        Path(workdir), SOURCE, _records(tables), properties_table(),
+        work, SOURCE, _records(tables), properties_table(),
         query={"files": files},
         extra={"input_hash": io.hash_bytes(*((base / f).read_bytes() for f in files))},
         tables=tables,

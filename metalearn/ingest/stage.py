@@ -1,66 +1,86 @@
 """Ingest one source into a raw snapshot: the library entry point behind ``metalearn ingest``.
 
-Each source module loads records; :func:`metalearn.ingest.snapshot.write_snapshot` validates, quarantines
-and publishes them. The bundled source is fingerprinted first, so a nightly re-ingest of the
-unchanged bundle costs a file hash, not a re-parse of thousands of CIFs.
+Each source module loads its records and publishes them through
+:func:`metalearn.ingest.snapshot.write_snapshot` (validation, quarantine, content hash, atomic
+publish); :data:`SOURCES` maps a source name to the call that does it. The bundled source is
+fingerprinted first, so a nightly re-ingest of the unchanged bundle costs a file hash, not a
+re-parse of thousands of CIFs.
+
+Example:
+    >>> result = ingest(WorkDir.resolve("/tmp/run"), IngestConfig(max_rows_per_dataset=80))  # doctest: +SKIP
+    >>> result.path.parent == WorkDir.resolve("/tmp/run").raw("bundled")  # doctest: +SKIP
+    True
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from metalearn import io
-from metalearn.ingest.snapshot import SnapshotResult, latest_snapshot, write_snapshot
+from metalearn.ingest import bundled, mp_client, oc
+from metalearn.ingest.mp import MPConfig
+from metalearn.ingest.snapshot import SnapshotResult
+from metalearn.layout import WorkDir
 
-SOURCES = ("bundled", "mp", "oc")
+Progress = Callable[..., None]
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """What to pull. ``max_rows_per_dataset`` subsamples each bundled dataset (seeded)."""
+    """What to pull. ``max_rows_per_dataset`` subsamples each bundled dataset (seeded; None: every
+    record, the nightly default; the quick profile and tests take small slices)."""
 
     source: str = "bundled"
-    max_rows_per_dataset: int | None = 3000
+    max_rows_per_dataset: int | None = None
     seed: int = 0
     datasets: tuple[str, ...] | None = None
     mp_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"unknown source {self.source!r}; expected one of {SOURCES}")
+            raise ValueError(f"unknown source {self.source!r}; expected one of {tuple(SOURCES)}")
+        if self.max_rows_per_dataset is not None and self.max_rows_per_dataset < 1:
+            raise ValueError(f"ingest.max_rows_per_dataset must be >= 1 or null (every row), "
+                             f"got {self.max_rows_per_dataset}")
 
 
-def ingest_bundled(workdir: Path, cfg: IngestConfig) -> SnapshotResult:
-    from metalearn.ingest import bundled
-
-    query = {"max_rows_per_dataset": cfg.max_rows_per_dataset, "seed": cfg.seed,
-             "datasets": list(cfg.datasets) if cfg.datasets else None}
-    fingerprint = bundled.input_fingerprint()
-    latest = latest_snapshot(workdir, "bundled")
-    if latest is not None:
-        manifest = io.read_manifest(latest)
-        if manifest.extra.get("input_fingerprint") == fingerprint and manifest.query == query:
-            n_quarantined = int(manifest.counts.get("quarantined", 0))
-            return SnapshotResult(latest, manifest, created=False, n_quarantined=n_quarantined)
-    records, properties = bundled.load_bundled(
-        max_rows_per_dataset=cfg.max_rows_per_dataset, seed=cfg.seed,
-        datasets=list(cfg.datasets) if cfg.datasets else None)
-    return write_snapshot(workdir, "bundled", records, properties, query=query,
-                          extra={"input_fingerprint": fingerprint})
+def _bundled(work: WorkDir, cfg: IngestConfig, api_key: Any, on_progress: Progress | None) -> SnapshotResult:
+    return bundled.ingest_bundled(work, max_rows_per_dataset=cfg.max_rows_per_dataset, seed=cfg.seed,
+                                  datasets=cfg.datasets)
 
 
-def ingest(workdir: Path, cfg: IngestConfig, api_key: str | None = None, on_progress=None) -> SnapshotResult:
-    """Pull ``cfg.source`` into ``<workdir>/raw/<source>/<snapshot_id>/`` (or find it unchanged)."""
-    workdir = io.resolve_workdir(workdir)
-    io.clean_stale_tmp(workdir / "raw")
-    if cfg.source == "bundled":
-        return ingest_bundled(workdir, cfg)
-    if cfg.source == "oc":
-        from metalearn.ingest.oc import ingest_oc
-
-        return ingest_oc(workdir)
-    from metalearn.ingest.mp import MPConfig, ingest_mp
-
+def _mp(work: WorkDir, cfg: IngestConfig, api_key: Any, on_progress: Progress | None) -> SnapshotResult:
     mp_cfg = MPConfig(endpoint=cfg.mp_endpoint) if cfg.mp_endpoint else MPConfig()
-    return ingest_mp(workdir, mp_cfg, api_key=api_key, on_progress=on_progress)
+    return mp_client.ingest_mp(work, mp_cfg, api_key=api_key, on_progress=on_progress)
+
+
+def _oc(work: WorkDir, cfg: IngestConfig, api_key: Any, on_progress: Progress | None) -> SnapshotResult:
+    return oc.ingest_oc(work)
+
+
+# source name -> (work, cfg, api_key, on_progress) -> SnapshotResult. The one list of sources.
+SOURCES: dict[str, Callable[[WorkDir, IngestConfig, Any, Progress | None], SnapshotResult]] = {
+    "bundled": _bundled,
+    "mp": _mp,
+    "oc": _oc,
+}
+
+
+def ingest(work: WorkDir, cfg: IngestConfig, api_key: Any = None, on_progress: Progress | None = None
+           ) -> SnapshotResult:
+    """Pull ``cfg.source`` into ``work.raw(source)/<snapshot_id>/`` (or find it unchanged and intact).
+
+    Args:
+        work: the work directory.
+        cfg: which source and how much of it.
+        api_key: the MP key (``source="mp"`` only; else ``$MP_API_KEY``). Never stored or logged.
+        on_progress: MP only: ``on_progress(stage, done, total)``.
+    Returns:
+        SnapshotResult (``created=False`` with the existing snapshot when nothing changed).
+    """
+    if not isinstance(work, WorkDir):
+        raise TypeError(f"ingest() takes a WorkDir, not {type(work).__name__}: pass WorkDir.resolve({work!r})")
+    io.clean_stale_tmp(work.raw_root())
+    return SOURCES[cfg.source](work, cfg, api_key, on_progress)

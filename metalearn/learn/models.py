@@ -11,7 +11,7 @@ embedding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -83,19 +83,3 @@ def head_keys(params: dict[str, torch.Tensor]) -> tuple[str, ...]:
         raise ValueError(f"no parameters start with {HEAD_PREFIX!r}; got {sorted(params)}")
     return keys
 
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Map ``"auto"`` to cuda when available, else cpu; pass anything else to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return resolved
-
-
-def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build a module with a fixed seed without disturbing the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()

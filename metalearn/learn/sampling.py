@@ -11,21 +11,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metalearn import io
+from metalearn import schema as S
+from metalearn.represent.vectors import Vectors
+from metalearn.shards import store as shard_io
 
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """A meta-batch of T episodes of one task type, all with the same k and q.
+    """A meta-batch of T episodes of one task type, all with the same n_support and n_query.
 
     Targets are already normalised with *support* statistics only (regression) or are 0/1 floats
     (classification); ``y_mean``/``y_std`` undo the normalisation for reporting in the unit.
     """
 
-    x_support: torch.Tensor  # (T, k, F) float32
-    y_support: torch.Tensor  # (T, k) float32
-    x_query: torch.Tensor  # (T, q, F) float32
-    y_query: torch.Tensor  # (T, q) float32
+    x_support: torch.Tensor  # (T, n_support, F) float32
+    y_support: torch.Tensor  # (T, n_support) float32
+    x_query: torch.Tensor  # (T, n_query, F) float32
+    y_query: torch.Tensor  # (T, n_query) float32
     task_ids: tuple[str, ...]  # (T,)
     task_type: str = "regression"  # "regression" | "classification"
     y_mean: torch.Tensor | None = None  # (T,) support mean, in the transformed unit
@@ -79,7 +81,7 @@ STD_FLOOR = 1e-6
 
 
 def support_stats(y_support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the support targets only (never the query): (..., k) -> (...,), (...,).
+    """Mean and std of the support targets only (never the query): (..., n_support) -> (...,), (...,).
 
     The std is floored so a constant support set does not divide by zero.
     """
@@ -111,35 +113,60 @@ def forward_transform(y: np.ndarray, transform: str) -> np.ndarray:
 MIN_SUPPORT_SPREAD = 0.1  # training supports must span >= 10% of their task's target std
 MAX_REDRAWS = 10
 TARGET_CLIP = 10.0  # |normalised query target| bound in training batches
-_SPLIT_CODES = {"meta-train": 0, "meta-val": 1, "meta-test-property": 2, "meta-test-chemistry": 3}
+_SPLIT_CODES = {split: i for i, split in enumerate(S.SPLITS)}
 
 
-def draw_episode_rows(rng: np.random.Generator, y: np.ndarray, k: int, q: int, task_type: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of k support and q query rows, disjoint; classification supports hold both classes when k >= 2.
+def draw_episode_rows(rng: np.random.Generator, y: np.ndarray, n_support: int, n_query: int,
+                      task_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint support and query rows; a classification support holds both classes when n_support >= 2.
 
     Returns:
-        (support_idx (k,), query_idx (q,))
+        (support_idx (n_support,), query_idx (n_query,))
     """
     n = len(y)
-    if n < k + q:
-        raise ValueError(f"task has {n} rows; need n_support + n_query = {k + q}")
+    if n < n_support + n_query:
+        raise ValueError(f"task has {n} rows; need n_support + n_query = {n_support + n_query}")
     order = rng.permutation(n)
-    if task_type == "classification" and k >= 2:
+    if task_type == "classification" and n_support >= 2:
         pos = order[y[order] >= 0.5]
         neg = order[y[order] < 0.5]
         if len(pos) and len(neg):
             first = np.array([pos[0], neg[0]])
             order = np.concatenate([first, order[~np.isin(order, first)]])
-            order = np.concatenate([rng.permutation(order[:k]), order[k:]])
-    return order[:k], order[k:k + q]
+            order = np.concatenate([rng.permutation(order[:n_support]), order[n_support:]])
+    return order[:n_support], order[n_support:n_support + n_query]
+
+
+def draw_batch_rows(rng: np.random.Generator, y: np.ndarray, n_support: int, n_query: int,
+                    task_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Episode rows for a ``TaskSampler`` batch: :func:`draw_episode_rows`, redrawing flat supports.
+
+    A regression support whose spread is under MIN_SUPPORT_SPREAD of its task's is redrawn, up to
+    MAX_REDRAWS times.
+
+    Why: some training tasks are mostly one value (band gaps of metals are exactly 0), so many
+    10-shot supports are constant; normalising by their near-zero spread turned query targets
+    into 1e5-sized numbers whose squared errors dominated whole meta-batches (seen in meta-val
+    tuning). Degenerate supports teach nothing about adaptation, so training skips them.
+    """
+    s_idx, q_idx = draw_episode_rows(rng, y, n_support, n_query, task_type)
+    if task_type != "regression" or n_support < 2:
+        return s_idx, q_idx
+    floor = MIN_SUPPORT_SPREAD * float(np.std(y))
+    for _ in range(MAX_REDRAWS):
+        if float(np.std(y[s_idx])) >= floor:
+            break
+        s_idx, q_idx = draw_episode_rows(rng, y, n_support, n_query, task_type)
+    return s_idx, q_idx
 
 
 class TaskSampler:
     """Seeded fixed-size episodes from task shards: ``batch(split, step) -> TaskBatch``.
 
     Reads only the partitions of the tasks it serves; features are standardised with meta-train
-    statistics (from the shards), targets with each episode's support statistics only.
+    statistics (from the shards), targets with each episode's support statistics only. With
+    ``vectors`` (the transfer representation of these shards), a task's inputs are its
+    materials' representation vectors (already standardised) instead of the composition features.
 
     Example:
         >>> sampler = TaskSampler(shards_dir, n_support=10, n_query=20, meta_batch_size=16, seed=0)
@@ -147,14 +174,13 @@ class TaskSampler:
     """
 
     def __init__(self, shards: Path | str, n_support: int, n_query: int, meta_batch_size: int = 16,
-                 seed: int = 0, task_type: str = "regression") -> None:
-        from metalearn.shards import store as shard_io
-
+                 seed: int = 0, task_type: str = "regression", vectors: Vectors | None = None) -> None:
         self.shards = Path(shards)
         self.n_support, self.n_query = n_support, n_query
         self.meta_batch_size, self.seed, self.task_type = meta_batch_size, seed, task_type
+        self.vectors = vectors
         self.index = shard_io.read_index(self.shards)
-        stats = io.read_parquet(self.shards / shard_io.FEATURE_STATS)
+        stats = shard_io.read_feature_stats(self.shards)
         self.feature_names: list[str] = stats["feature"].tolist()
         self._mean = stats["mean"].to_numpy(np.float64)
         self._std = stats["std"].to_numpy(np.float64)
@@ -162,21 +188,25 @@ class TaskSampler:
 
     @property
     def n_features(self) -> int:
-        return len(self.feature_names)
+        return self.vectors.n_features if self.vectors is not None else len(self.feature_names)
+
+    def _inputs(self, part) -> np.ndarray:
+        """(n, F) float32 inputs of a task's rows: representation vectors, or standardised features."""
+        if self.vectors is not None:
+            return self.vectors.matrix(part[S.REDUCED_FORMULA].to_numpy())
+        x = (part[self.feature_names].to_numpy(np.float64) - self._mean) / self._std
+        return np.nan_to_num(x, nan=0.0).astype(np.float32)
 
     def tasks(self, split: str, min_rows: int | None = None) -> list[Task]:
         """All tasks of ``split`` and this sampler's task type with at least ``min_rows`` rows."""
-        from metalearn.shards import store as shard_io
-
         if split not in self._tasks:
             sel = self.index[(self.index["split"] == split) & (self.index["task_type"] == self.task_type)]
-            rows = shard_io.read_task_rows(self.shards, sel["task_key"].tolist()) if len(sel) else None
+            rows = shard_io.read_task_rows(self.shards, sel[S.TASK_KEY].tolist()) if len(sel) else None
             built = []
             for meta in sel.itertuples(index=False):
-                part = rows[rows["task_key"] == meta.task_key].sort_values("record_id")
-                x = (part[self.feature_names].to_numpy(np.float64) - self._mean) / self._std
+                part = rows[rows[S.TASK_KEY] == meta.task_key].sort_values(S.RECORD_ID)
                 built.append(Task(
-                    task_id=meta.task_id, x=np.nan_to_num(x, nan=0.0).astype(np.float32),
+                    task_id=meta.task_id, x=self._inputs(part),
                     y=part["y"].to_numpy(np.float64), task_type=meta.task_type, unit=meta.unit,
                     transform=meta.transform, family=meta.family, group=meta.group, split=split,
                     formulas=tuple(part["formula"]),
@@ -196,36 +226,18 @@ class TaskSampler:
         xs, ys, xq, yq = [], [], [], []
         for i in chosen:
             task = tasks[i]
-            s_idx, q_idx = self._draw(rng, task)
+            s_idx, q_idx = draw_batch_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
             xs.append(task.x[s_idx]); ys.append(task.y[s_idx]); xq.append(task.x[q_idx]); yq.append(task.y[q_idx])
         return make_batch(np.stack(xs), np.stack(ys), np.stack(xq), np.stack(yq),
                           tuple(tasks[i].task_id for i in chosen), self.task_type, clip=TARGET_CLIP)
-
-    def _draw(self, rng: np.random.Generator, task: Task) -> tuple[np.ndarray, np.ndarray]:
-        """Episode rows; regression supports whose spread is under MIN_SUPPORT_SPREAD of the task's
-        are redrawn (a few times).
-
-        Why: some training tasks are mostly one value (band gaps of metals are exactly 0), so many
-        10-shot supports are constant; normalising by their near-zero spread turned query targets
-        into 1e5-sized numbers whose squared errors dominated whole meta-batches (seen in meta-val
-        tuning). Degenerate supports teach nothing about adaptation, so training skips them.
-        """
-        s_idx, q_idx = draw_episode_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
-        if self.task_type != "regression" or self.n_support < 2:
-            return s_idx, q_idx
-        floor = MIN_SUPPORT_SPREAD * float(np.std(task.y))
-        for _ in range(MAX_REDRAWS):
-            if float(np.std(task.y[s_idx])) >= floor:
-                break
-            s_idx, q_idx = draw_episode_rows(rng, task.y, self.n_support, self.n_query, self.task_type)
-        return s_idx, q_idx
 
 
 def make_batch(x_support: np.ndarray, y_support: np.ndarray, x_query: np.ndarray, y_query: np.ndarray,
                task_ids: tuple[str, ...], task_type: str, clip: float | None = None) -> TaskBatch:
     """Tensors from arrays; regression targets normalised by support statistics only.
 
-    Args: x_support (T, k, F), y_support (T, k), x_query (T, q, F), y_query (T, q).
+    Args: x_support (T, n_support, F), y_support (T, n_support), x_query (T, n_query, F),
+        y_query (T, n_query).
         clip: bound on |normalised target| (training batches), so one query far outside its
             support's spread cannot dominate the meta-gradient; None leaves targets as they are.
     """

@@ -30,8 +30,9 @@ import torch
 
 from metalearn.io import write_bytes_atomic
 from metalearn.learn.learners.base import Learner
-from metalearn.learn.models import resolve_device
+from metalearn.learn.learners.neural import amp_autocast, resolve_device
 from metalearn.learn.sampling import TaskBatch
+from metalearn.schema import META_TRAIN, META_VAL
 
 CHECKPOINT = "last.pt"
 
@@ -157,7 +158,7 @@ def _save(path: Path, learner: Learner, loop: dict[str, Any], cfg: TrainConfig, 
 
 
 def _val_loss(learner: Learner, sampler: Sampler, cfg: TrainConfig, device: torch.device) -> float:
-    losses = [learner.meta_loss(sampler.batch("meta-val", i).to(device)) for i in range(cfg.n_val_batches)]
+    losses = [learner.meta_loss(sampler.batch(META_VAL, i).to(device)) for i in range(cfg.n_val_batches)]
     return float(np.mean(losses))
 
 
@@ -213,16 +214,15 @@ def meta_train(
         resumed_from = loop["step"]
     else:
         _seed_everything(cfg.seed)
-    use_amp = cfg.amp and device.type == "cuda"
 
     while loop["stopped"] is None and loop["step"] < cfg.max_steps:
-        batch = sampler.batch("meta-train", loop["step"])
+        batch = sampler.batch(META_TRAIN, loop["step"])
         if batch.n_tasks != cfg.meta_batch_size:
             raise ValueError(
                 f"sampler gave a meta-train batch of {batch.n_tasks} tasks at step {loop['step']}; "
                 f"TrainConfig.meta_batch_size is {cfg.meta_batch_size}"
             )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with amp_autocast(device, cfg.amp):
             logs = dict(learner.meta_train_step(batch.to(device)))
         loop["step"] += 1
         step = loop["step"]

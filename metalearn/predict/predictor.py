@@ -1,29 +1,25 @@
-"""The model's input table and the adapt-and-predict step behind it: featurize, standardise, adapt, predict.
+"""Adapt on a task's support rows, predict its query rows: featurize, standardise, adapt, predict.
 
-The support/query table is the model's one input format (also the MLflow pyfunc signature, see
-registry.py):
-
-    role      "support" | "query"
-    formula   str, any pymatgen-parseable formula (may be empty where ``cif`` is given)
-    cif       str, optional: a CIF; its composition is used when ``formula`` is empty
-    target    float, required on support rows, ignored on query rows (property unit; 0/1 labels)
-    task_type optional: "regression" | "classification" (one value for the whole table)
-
-:func:`check_table` validates it (errors name the row). :class:`Predictor` featurizes the formulas
-exactly as the shards did (feature set version, meta-train standardisation, NaN -> 0), adapts a
-learner on the support rows (regression targets normalised by *support* statistics) and predicts
-the query rows. No mlflow here: registry.MetalearnModel wraps a Predictor; consumer.py reads CSVs.
+:class:`Predictor` featurizes formulas exactly as the shards did (the featurizer the model carries,
+meta-train standardisation, NaN -> 0), adapts a learner on the support rows once
+(:meth:`Predictor.adapt`, regression targets normalised by *support* statistics in float64, so
+targets beyond float32 such as 1e39 stay finite) and predicts query rows in chunks of bounded
+size (:meth:`AdaptedTask.predict_rows`). A query formula the features stage would have refused
+(``Og``: missing element data) is refused here with the same reason, and a prediction is never
+non-finite: such a row is an error naming it. No mlflow here (see local_model.py, registry.py).
 
 Example:
     >>> p = Predictor.from_files("regressor.pt", "classifier.pt", "feature_stats.parquet", "featurizer.json")
-    >>> p.predict_table(table)                    # DataFrame: prediction (+ uncertainty), one row per query row
+    >>> p.predict_table(table)          # DataFrame: formula, prediction (+ uncertainty), one row per query row
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,231 +27,269 @@ import numpy as np
 import pandas as pd
 
 from metalearn import io
+from metalearn.features.composition import FEATURE_SET_VERSION
+from metalearn.features.structure import featurize_structures
+from metalearn.predict.featurizer import TABLES_FILE, CarriedFeaturizer, stage_featurize
+from metalearn.predict.table import FORMULA, InputError, Task, check_table, choose_task_type
 
-ROLE, FORMULA, CIF, TARGET, TASK_TYPE = "role", "formula", "cif", "target", "task_type"
-SUPPORT, QUERY = "support", "query"
-TASK_TYPES = ("regression", "classification")
-MIN_SUPPORT = 2
-FEATURIZER_FILE = "featurizer.json"
+PREDICT_BATCH = 256  # query rows per learner call, padded to exactly this: same shapes, same bits
+CHUNK_ROWS = 80 * PREDICT_BATCH  # query rows featurized and predicted at once: bounds memory for any query size
+MEMO_ROWS = 50_000  # standardised feature rows remembered across chunks (~30 MB)
+_SCALE_ABOVE = 1e150  # support targets this large are scaled before their variance is taken
 
-
-# --- the table's checks (consumer.py's CSV path uses them too) ---------------------------------
-
-def cell_text(value: Any) -> str:
-    """A cell as stripped text; None and NaN -> ""."""
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
-
-
-def resolve_formulas(formulas: list[Any], cifs: list[Any] | None, where: Callable[[int], str]) -> list[str]:
-    """One parseable formula per row (from the CIF where the formula is empty); ValueError names the row."""
-    from metalearn.features.composition import parse_formula
-
-    out = []
-    for i, raw in enumerate(formulas):
-        formula, cif = cell_text(raw), cell_text(cifs[i]) if cifs is not None else ""
-        if not formula and cif:
-            try:
-                from pymatgen.core import Structure
-
-                formula = Structure.from_str(cif, fmt="cif").composition.reduced_formula
-            except Exception as err:  # noqa: BLE001  pymatgen raises many types on malformed CIFs
-                raise ValueError(f"{where(i)}: the CIF cannot be parsed ({type(err).__name__}: {err})") from None
-        if not formula:
-            raise ValueError(f"{where(i)}: empty formula (give a formula or a cif)")
-        parsed = parse_formula(formula)
-        if parsed.reason is not None:
-            raise ValueError(f"{where(i)}: formula {formula!r} cannot be used: {parsed.reason} ({parsed.detail})")
-        out.append(formula)
-    return out
-
-
-def parse_targets(values: list[Any], where: Callable[[int], str]) -> np.ndarray:
-    """Support targets as floats (n,); ValueError names the row of a missing, non-numeric or infinite one."""
-    out = np.empty(len(values))
-    for i, value in enumerate(values):
-        if not cell_text(value):
-            raise ValueError(f"{where(i)}: the target is missing; every support row needs one")
-        try:
-            out[i] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where(i)}: target {value!r} is not a number") from None
-        if not math.isfinite(out[i]):
-            raise ValueError(f"{where(i)}: target {value!r} is not finite")
-    return out
-
-
-def choose_task_type(y_support: np.ndarray, task_type: str | None, has_classifier: bool = True) -> str:
-    """Explicit ``task_type``, else "classification" when every support target is 0 or 1."""
-    if task_type is not None and task_type not in TASK_TYPES:
-        raise ValueError(f"task_type {task_type!r} is not one of {TASK_TYPES}")
-    binary = bool(np.isin(y_support, (0.0, 1.0)).all())
-    if task_type == "classification" and not binary:
-        raise ValueError("task_type 'classification' needs support targets that are all 0 or 1")
-    chosen = task_type or ("classification" if binary else "regression")
-    if chosen == "classification" and not has_classifier:
-        hint = "" if task_type else " (all support targets are 0/1); pass task_type='regression' to treat them as numbers"
-        raise ValueError(f"this model carries no classification learner{hint}")
-    return chosen
-
-
-def _table_task_type(table: pd.DataFrame) -> str | None:
-    if TASK_TYPE not in table.columns:
-        return None
-    values = sorted({cell_text(v).lower() for v in table[TASK_TYPE]} - {""})
-    if len(values) > 1:
-        raise ValueError(f"the task_type column holds several values {values}; one table is one task")
-    return values[0] if values else None
-
-
-def check_table(table: pd.DataFrame, where: Callable[[int], str] | None = None
-                ) -> tuple[np.ndarray, list[str], list[str] | None, np.ndarray]:
-    """Validate a support/query table; returns (roles (n,), formulas (n,), cifs or None, support targets (k,))."""
-    where = where or (lambda i: f"input row {i}")
-    missing = [c for c in (ROLE,) if c not in table.columns]
-    if missing or (FORMULA not in table.columns and CIF not in table.columns):
-        raise ValueError(f"the input table needs columns 'role' and 'formula' (or 'cif'); it has {list(table.columns)}")
-    roles = np.array([cell_text(r).lower() for r in table[ROLE]], dtype=object)
-    bad = np.flatnonzero(~np.isin(roles, (SUPPORT, QUERY)))
-    if len(bad):
-        raise ValueError(f"{where(int(bad[0]))}: role {table[ROLE].iloc[bad[0]]!r} is not 'support' or 'query'")
-    n_support, n_query = int((roles == SUPPORT).sum()), int((roles == QUERY).sum())
-    if n_support < MIN_SUPPORT:
-        raise ValueError(f"the table has {n_support} support row(s); adapting needs at least {MIN_SUPPORT}")
-    if n_query == 0:
-        raise ValueError("the table has no query rows to predict")
-    if TARGET not in table.columns:
-        raise ValueError("the table has no 'target' column; support rows need targets")
-    cifs = table[CIF].tolist() if CIF in table.columns else None
-    formulas = resolve_formulas(table[FORMULA].tolist() if FORMULA in table.columns else [""] * len(table), cifs, where)
-    support_pos = np.flatnonzero(roles == SUPPORT)
-    y_support = parse_targets(table[TARGET].iloc[support_pos].tolist(), lambda j: where(int(support_pos[j])))
-    return roles, formulas, cifs, y_support
-
-
-# --- the predictor -------------------------------------------------------------------------------
-
-def featurizer_config(feature_stats_path: str | Path) -> dict[str, Any]:
-    """What the model must featurize with: the feature set version and the features' names in order."""
-    from metalearn.features.plan import FEATURE_SET_VERSION
-
-    names = io.read_parquet(Path(feature_stats_path))["feature"].tolist()
-    return {"version": FEATURE_SET_VERSION, "feature_names": names}
+Where = Callable[[int], str]
 
 
 def _load_cpu(path: str | Path) -> Any:
     import torch
 
-    from metalearn.learn.learners import load_learner
+    from metalearn.learn.learners import load_learner  # deferred: torch (1-2 s); bad input fails before it
 
     hyper = torch.load(path, map_location="cpu", weights_only=False)["state"].get("hyperparams", {})
     # trusted: the file is an artifact of the model being loaded, which already runs this package's code
     return load_learner(path, trusted=True, **({"device": "cpu"} if "device" in hyper else {}))
 
 
+def support_stats64(y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Mean, std (ddof 0, floored) and the normalised targets of a support set, in float64.
+
+    Targets up to float64's limit (1.8e308) stay finite: beyond 1e150 they are scaled before the
+    variance is taken and before the mean is subtracted.
+    """
+    from metalearn.learn.sampling import STD_FLOOR  # deferred: torch (1-2 s), as in _load_cpu
+
+    scale = float(np.max(np.abs(y)))
+    if scale <= _SCALE_ABOVE:
+        mean, std = float(np.mean(y)), max(float(np.std(y)), STD_FLOOR)
+        return mean, std, (y - mean) / std
+    z = y / scale
+    mean_z = float(np.mean(z))
+    std_z = max(float(np.std(z)), STD_FLOOR / scale, float(np.finfo(np.float64).tiny))  # a constant support too
+    return mean_z * scale, std_z * scale, (z - mean_z) / std_z
+
+
+@dataclass
+class AdaptedTask:
+    """A learner adapted to one support set; predicts query feature rows in the property's unit."""
+
+    learner: Any
+    state: Any
+    task_type: str
+    transform: str
+    mean: float = 0.0  # support statistics of the (transformed) regression targets
+    std: float = 1.0
+    y_max: float = 0.0
+
+    def predict(self, x_query: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """x_query (q, F) float32 -> prediction (q,) and uncertainty (q,) or None, float64.
+
+        The learner sees batches of exactly PREDICT_BATCH rows (the last one padded with zeros):
+        BLAS picks its kernels by shape, so a row's value then depends only on its position modulo
+        PREDICT_BATCH, and chunks that start at multiples of it give bit-identical results.
+        """
+        import torch
+
+        mus, sds = [], []
+        for start in range(0, len(x_query), PREDICT_BATCH):
+            block = x_query[start:start + PREDICT_BATCH]
+            n = len(block)
+            if n < PREDICT_BATCH:
+                block = np.concatenate([block, np.zeros((PREDICT_BATCH - n, block.shape[1]), block.dtype)])
+            pred = self.learner.predict(self.state, torch.as_tensor(block))
+            mus.append(pred.mean.detach().cpu().double().numpy()[:n])
+            sds.append(None if pred.std is None else pred.std.detach().cpu().double().numpy()[:n])
+        mu = np.concatenate(mus) if mus else np.empty(0)
+        sd = None if not sds or sds[0] is None else np.concatenate(sds)
+        if self.task_type == "classification":
+            return mu, sd
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = mu * self.std + self.mean
+            sd = None if sd is None else sd * self.std
+            if self.transform == "log10":  # back to the unit; the std by the delta method
+                mu = np.power(10.0, mu)
+                sd = None if sd is None else mu * (np.log(10.0) * sd)
+        return mu, sd
+
+    def check_finite(self, mu: np.ndarray, sd: np.ndarray | None, formulas: Sequence[str], where: Where) -> None:
+        """InputError naming the first query row whose prediction or uncertainty is not finite."""
+        bad = ~np.isfinite(mu) if sd is None else ~(np.isfinite(mu) & np.isfinite(sd))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = "prediction" if not math.isfinite(mu[i]) else "uncertainty"
+            raise InputError(f"{where(i)}: the {what} for {formulas[i]!r} is not finite (it overflows float64: "
+                             f"the support targets reach {self.y_max:.3g}); express the targets in a unit "
+                             "that keeps them smaller")
+
+
 class Predictor:
-    """Adapt-and-predict on a support/query table with a regression and an optional classification learner.
+    """Adapt-and-predict with a regression and an optional classification learner.
 
     Args:
         regressor: a regression Learner (targets arrive support-normalised).
         classifier: a classification Learner (0/1 targets, predicts P(y=1)), or None.
         feature_stats: DataFrame feature, mean, std (the shards' meta-train standardisation).
+        featurizer: the featurizer the model carries; None: the features stage's own (matminer).
     """
 
-    def __init__(self, regressor: Any, classifier: Any | None, feature_stats: pd.DataFrame) -> None:
-        from metalearn.features.plan import composition_feature_names
-
-        self.regressor, self.classifier = regressor, classifier
+    def __init__(self, regressor: Any, classifier: Any | None, feature_stats: pd.DataFrame,
+                 featurizer: CarriedFeaturizer | None = None) -> None:
+        self.regressor, self.classifier, self.featurizer = regressor, classifier, featurizer
         self.feature_names: list[str] = feature_stats["feature"].tolist()
         self.mean_ = feature_stats["mean"].to_numpy(np.float64)
         self.std_ = feature_stats["std"].to_numpy(np.float64)
-        rest = set(self.feature_names) - set(composition_feature_names())
-        self.uses_structure_ = bool(rest)
-        if rest:  # only then: building matminer's structure featurizers costs seconds of imports
-            from metalearn.features.plan import structure_feature_names
-
-            unknown = sorted(rest - set(structure_feature_names()))
-            if unknown:
-                raise ValueError(f"feature_stats lists features this metalearn cannot compute: {unknown[:5]}")
+        if featurizer is not None and featurizer.feature_names != self.feature_names:
+            raise ValueError("the model's featurizer.json and feature_stats.parquet list different features")
+        self._memo: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     @classmethod
     def from_files(cls, regressor: str | Path, classifier: str | Path | None, feature_stats: str | Path,
-                   featurizer: str | Path | None = None) -> Predictor:
-        """Rebuild from save_learner files and feature_stats.parquet; checks the feature set version."""
-        from metalearn.features.plan import FEATURE_SET_VERSION
-
-        if featurizer is not None:
-            carried = json.loads(Path(featurizer).read_text())
-            if carried["version"] != FEATURE_SET_VERSION:
-                raise ValueError(f"the model was trained on feature set {carried['version']!r}; this metalearn "
-                                 f"computes {FEATURE_SET_VERSION!r}: install the matching metalearn version")
+                   featurizer: str | Path | None = None, tables: str | Path | None = None) -> Predictor:
+        """Rebuild from save_learner files, feature_stats.parquet and the carried featurizer files."""
+        carried = None
+        if featurizer is not None and (tables is not None or Path(featurizer).with_name(TABLES_FILE).exists()):
+            carried = CarriedFeaturizer.from_files(featurizer, tables)
+        elif featurizer is not None:
+            _check_version(Path(featurizer))
         return cls(_load_cpu(regressor), _load_cpu(classifier) if classifier else None,
-                   io.read_parquet(Path(feature_stats)))
+                   io.read_parquet(Path(feature_stats)), carried)
 
-    def features(self, formulas: list[str], cifs: list[str] | None = None) -> np.ndarray:
-        """Standardised features (n, F) float32, computed as the shards do (float32 storage, NaN -> 0)."""
-        from metalearn.features.plan import featurize_compositions
+    # --- features ---
 
-        comp, errors = featurize_compositions(pd.Series(formulas, dtype=object))
-        frames = [comp]
-        if self.uses_structure_:
-            frames.append(_structure_features(cifs, len(formulas)))
-        table = pd.concat(frames, axis=1)
-        failed = comp.isna().all(axis=1).to_numpy()
-        if failed.any():
-            i = int(np.flatnonzero(failed)[0])
-            why = errors.loc[comp.index[i]] if comp.index[i] in errors.index else None
-            detail = f"{why['reason']} ({why['detail']})" if why is not None else "no features"
-            raise ValueError(f"row {i}: formula {formulas[i]!r} cannot be featurized: {detail}")
-        raw = table[self.feature_names].to_numpy(np.float32).astype(np.float64)  # shards store float32
-        return np.nan_to_num((raw - self.mean_) / self.std_, nan=0.0).astype(np.float32)
+    def _raw(self, formulas: list[str], cifs: list[str | None] | None, where: Where) -> np.ndarray:
+        """Unstandardised features (n, F) of distinct rows; InputError names a row the stage would refuse."""
+        if self.featurizer is not None:
+            values, errors = self.featurizer.featurize(formulas)
+            names = self.featurizer.names
+        else:
+            values, errors, names = stage_featurize(formulas)
+        if errors:
+            i, reason, detail = errors[0]
+            raise InputError(f"{where(i)}: formula {formulas[i]!r} cannot be used: {reason} ({detail})")
+        frame = pd.DataFrame(values, columns=names)
+        missing = [n for n in self.feature_names if n not in frame.columns]
+        if missing:
+            frame = pd.concat([frame, self._structure(cifs, len(formulas), missing, where)], axis=1)
+        return frame[self.feature_names].to_numpy(np.float32)  # shards store float32
 
-    def predict_table(self, table: pd.DataFrame, task_type: str | None = None, transform: str = "none"
-                      ) -> pd.DataFrame:
-        """Query-row predictions, in input order: ``prediction`` (+ ``uncertainty`` where the learner has one).
+    def _structure(self, cifs: list[str | None] | None, n: int, names: list[str], where: Where) -> pd.DataFrame:
+        """Structure features from CIFs where given; NaN rows elsewhere (as the shards have for no structure)."""
+        if not cifs or not any(cifs):
+            return pd.DataFrame(np.nan, index=range(n), columns=names)
+        from pymatgen.core import Structure
 
-        Args:
-            table: role/formula/cif/target/task_type rows (see the module docstring).
-            task_type: overrides the table's task_type column; None -> column, else 0/1 detection.
-            transform: "none" | "log10": the property's target transform (regression only).
-        """
+        jsons = [Structure.from_str(c, fmt="cif").to_json() if c else None for c in cifs]
+        frame, errors = featurize_structures(jsons)
+        if len(errors):
+            i = int(errors.index[0])
+            raise InputError(f"{where(i)}: the structure cannot be featurized: {errors.at[i, 'reason']} "
+                             f"({errors.at[i, 'detail']})")
+        return frame[names]
+
+    def features(self, formulas: Sequence[str], cifs: Sequence[str | None] | None = None,
+                 where: Where | None = None) -> np.ndarray:
+        """Standardised features (n, F) float32, each distinct (formula, cif) featurized once."""
+        where = where or (lambda i: f"row {i + 1} (1-based)")
+        keys = [(f, cifs[i] if cifs is not None else None) for i, f in enumerate(formulas)]
+        out = np.empty((len(keys), len(self.feature_names)), dtype=np.float32)
+        todo: dict[tuple, list[int]] = {}
+        for i, key in enumerate(keys):
+            row = self._memo.get(key)
+            if row is not None:
+                out[i] = row
+            else:
+                todo.setdefault(key, []).append(i)
+        if todo:
+            first = [rows[0] for rows in todo.values()]
+            new_cifs = [k[1] for k in todo] if cifs is not None else None
+            raw = self._raw([k[0] for k in todo], new_cifs, lambda j: where(first[j]))
+            std = np.nan_to_num((raw.astype(np.float64) - self.mean_) / self.std_, nan=0.0).astype(np.float32)
+            for (key, rows), row in zip(todo.items(), std):
+                out[rows] = row
+                self._memo[key] = row
+            while len(self._memo) > MEMO_ROWS:
+                self._memo.popitem(last=False)
+        return out
+
+    # --- adapt and predict ---
+
+    def adapt(self, task: Task, task_type: str | None = None, transform: str = "none",
+              where: Where | None = None) -> AdaptedTask:
+        """Adapt the right learner on the task's support rows (once; query rows follow in chunks)."""
         import torch
 
-        from metalearn.learn.sampling import forward_transform, support_stats
+        from metalearn.learn.sampling import forward_transform  # deferred: torch (1-2 s), as in _load_cpu
 
-        roles, formulas, cifs, y_support = check_table(table)
-        column = _table_task_type(table)
-        chosen = choose_task_type(y_support, task_type or column, self.classifier is not None)
-        x = torch.as_tensor(self.features(formulas, cifs))
-        x_s, x_q = x[roles == SUPPORT], x[roles == QUERY]  # (k, F), (q, F)
+        if transform not in ("none", "log10"):
+            raise InputError(f"transform {transform!r} is not one of ('none', 'log10')")
+        chosen = choose_task_type(task.y_support, task_type or task.task_type, self.classifier is not None)
+        named = where or (lambda i: f"support row {i + 1} (1-based)")
+        rows = task.support_rows or list(range(len(task.support_formulas)))
+
+        def where(i: int) -> str:  # a kept support row, named by its place in the input
+            return named(rows[i])
+
+        x_s = torch.as_tensor(self.features(task.support_formulas, task.support_cifs, where))  # (k, F)
         if chosen == "classification":
-            state = self.classifier.adapt(x_s, torch.as_tensor(y_support, dtype=torch.float32))
-            pred = self.classifier.predict(state, x_q)
-            out = {"prediction": pred.mean.detach().cpu().double().numpy()}
-            if pred.std is not None:
-                out["uncertainty"] = pred.std.detach().cpu().double().numpy()
-            return pd.DataFrame(out)
-        y_s = torch.as_tensor(forward_transform(y_support, transform), dtype=torch.float32)
-        mean, std = support_stats(y_s)
-        state = self.regressor.adapt(x_s, (y_s - mean) / std)
-        pred = self.regressor.predict(state, x_q)
-        mu = (pred.mean.detach().double() * std.double() + mean.double()).cpu().numpy()
-        sd = None if pred.std is None else (pred.std.detach().double() * std.double()).cpu().numpy()
-        if transform == "log10":  # back to the unit; the std by the delta method
-            mu = np.power(10.0, mu)
-            sd = None if sd is None else np.log(10.0) * mu * sd
-        return pd.DataFrame({"prediction": mu} if sd is None else {"prediction": mu, "uncertainty": sd})
+            state = self.classifier.adapt(x_s, torch.as_tensor(task.y_support, dtype=torch.float32))
+            return AdaptedTask(self.classifier, state, chosen, "none")
+        if transform == "log10" and np.any(task.y_support <= 0):
+            i = int(np.flatnonzero(task.y_support <= 0)[0])
+            raise InputError(f"{where(i)}: target {task.y_support[i]:g} is not positive; the log10 transform needs "
+                             "strictly positive targets")
+        y = np.asarray(forward_transform(task.y_support, transform), dtype=np.float64)
+        mean, std, y_norm = support_stats64(y)
+        y_norm = torch.as_tensor(y_norm, dtype=torch.float32)
+        state = self.regressor.adapt(x_s, y_norm)
+        return AdaptedTask(self.regressor, state, chosen, transform, mean, std, float(np.max(np.abs(task.y_support))))
+
+    def predict_rows(self, adapted: AdaptedTask, formulas: Sequence[str], cifs: Sequence[str | None] | None,
+                     where: Where) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (q,) and uncertainties (q,) or None for one chunk of query rows, all finite.
+
+        A chunk should start at a multiple of PREDICT_BATCH (see :func:`aligned_chunk`).
+        """
+        x_q = self.features(formulas, cifs, where)
+        mu, sd = adapted.predict(x_q)
+        adapted.check_finite(mu, sd, formulas, where)
+        return mu, sd
+
+    def predict_table(self, table: pd.DataFrame, task_type: str | None = None, transform: str = "none",
+                      chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
+        """Query-row predictions in input order: ``formula``, ``prediction`` (+ ``uncertainty``).
+
+        Args:
+            table: role/formula/cif/target/task_type rows (see metalearn.predict.table).
+            task_type: overrides the table's task_type column; None -> column, else 0/1 detection.
+            transform: "none" | "log10": the property's target transform (regression only).
+            chunk_rows: query rows per featurize+predict step (the result does not depend on it).
+        """
+        task = check_table(table)
+        adapted = self.adapt(task, task_type, transform)
+        chunk_rows = aligned_chunk(chunk_rows)
+        mus, sds = [], []
+        for start in range(0, len(task.query_formulas), chunk_rows):
+            stop = start + chunk_rows
+            cifs = task.query_cifs[start:stop] if task.query_cifs is not None else None
+            mu, sd = self.predict_rows(adapted, task.query_formulas[start:stop], cifs,
+                                       lambda i, s=start: f"query row {s + i + 1} (1-based)")
+            mus.append(mu)
+            sds.append(sd)
+        out = pd.DataFrame({FORMULA: task.query_formulas, "prediction": np.concatenate(mus)})
+        if sds[0] is not None:
+            out["uncertainty"] = np.concatenate(sds)
+        return out
 
 
-def _structure_features(cifs: list[str] | None, n: int) -> pd.DataFrame:
-    """Structure features from CIFs where given (NaN rows elsewhere, as the shards have for no structure)."""
-    from pymatgen.core import Structure
-
-    from metalearn.features.plan import featurize_structures
-
-    jsons = [Structure.from_str(c, fmt="cif").to_json() if cell_text(c) else None for c in (cifs or [None] * n)]
-    return featurize_structures(jsons)[0]
+def aligned_chunk(chunk_rows: int) -> int:
+    """``chunk_rows`` rounded up to a multiple of PREDICT_BATCH, so chunking never changes a result."""
+    return max(1, -(-int(chunk_rows) // PREDICT_BATCH)) * PREDICT_BATCH
 
 
-__all__ = ["CIF", "FEATURIZER_FILE", "FORMULA", "MIN_SUPPORT", "QUERY", "ROLE", "SUPPORT", "TARGET",
-           "TASK_TYPE", "TASK_TYPES", "Predictor", "cell_text", "check_table", "choose_task_type",
-           "featurizer_config", "parse_targets", "resolve_formulas"]
+def _check_version(featurizer: Path) -> None:
+    carried = json.loads(featurizer.read_text())["version"]
+    if carried != FEATURE_SET_VERSION:
+        raise ValueError(f"the model was trained on feature set {carried!r}; this metalearn computes "
+                         f"{FEATURE_SET_VERSION!r}: install the matching metalearn version")
+
+
+__all__ = ["CHUNK_ROWS", "PREDICT_BATCH", "AdaptedTask", "Predictor", "aligned_chunk", "support_stats64"]

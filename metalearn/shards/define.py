@@ -1,21 +1,22 @@
-"""Task shards: few-shot tasks (one property on one chemistry group) with leakage-free splits.
+"""Task definition: few-shot tasks (one property on one chemistry group), split and standardised.
 
-Layout: ``<workdir>/shards/<snapshot_id>/<feature_set>/<config_hash>/`` holding
-``data/`` (Parquet partitioned by ``task_key``), ``tasks.parquet`` (the tasks index),
-``feature_stats.parquet`` (meta-train-only standardisation), ``excluded.parquet`` (every record
-that did not make it into a task, with its reason) and ``manifest.json``.
+A task is ``<dataset_id>|<group>``: the records of one dataset (a property from one source) on
+one chemistry group (:func:`metalearn.chemistry.chemistry_group`), or ``<dataset_id>|all`` for
+datasets too small to cut. Splits are by task (:mod:`metalearn.shards.split`), stored once in the
+index:
 
-Splits are by task, stored once in the index:
 * ``meta-test-property``: whole property families never seen in training (setting a);
 * ``meta-test-chemistry``: training families on a held-out chemistry group (setting b); rows of
   that group are removed from every training task, so formula+property never crosses the split;
 * ``meta-val``: whole families used only for early stopping and hyperparameter choice.
+
+Every record that does not end up in a task is returned in an excluded table with its reason
+(``schema.EXCLUDED_REASONS``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,16 +24,7 @@ import pandas as pd
 from metalearn import io
 from metalearn import schema as S
 from metalearn.chemistry import chemistry_group, parse_formula
-from metalearn.shards.split import SPLITS, assign_splits
-
-TASK_ID = "task_id"
-TASK_KEY = "task_key"  # filesystem-safe task id, the partition key
-GROUP = "group"
-SPLIT = "split"
-N_ROWS = "n_rows"
-REDUCED_FORMULA = "reduced_formula"
-Y = "y"  # transformed target used for learning
-Y_RAW = "y_raw"  # target in the property's unit
+from metalearn.shards.split import assign_splits
 
 
 @dataclass(frozen=True)
@@ -48,12 +40,17 @@ class ShardConfig:
     seed: int = 0
 
 
+def config_key(cfg: ShardConfig) -> str:
+    """The config's part of the shards directory name (``WorkDir.shards(..., config_key)``)."""
+    return io.hash_json(asdict(cfg))[:12]
+
+
 def _materials_table(records: pd.DataFrame) -> pd.DataFrame:
     """Reduced formula and chemistry group per record (parsing each distinct formula once)."""
     parsed = {f: parse_formula(f) for f in records[S.FORMULA].unique()}
     reduced = records[S.FORMULA].map(lambda f: parsed[f][0])
     groups = records[S.FORMULA].map(lambda f: chemistry_group(parsed[f][1]))
-    return records.assign(**{REDUCED_FORMULA: reduced, GROUP: groups})
+    return records.assign(**{S.REDUCED_FORMULA: reduced, S.GROUP: groups})
 
 
 def _dedupe(rows: pd.DataFrame, task_type: str, family: str) -> pd.DataFrame:
@@ -62,20 +59,20 @@ def _dedupe(rows: pd.DataFrame, task_type: str, family: str) -> pd.DataFrame:
     The material is the reduced formula (polymorphs collapse: composition features cannot tell them
     apart), except for adsorption energies, where it is the adsorbate+surface system id.
     """
-    key = S.MATERIAL_ID if family == "adsorption_energy" else REDUCED_FORMULA
+    key = S.MATERIAL_ID if family == "adsorption_energy" else S.REDUCED_FORMULA
     agg = (lambda s: float(s.mean() >= 0.5)) if task_type == "classification" else "median"
     first = rows.drop_duplicates(key).set_index(key)
-    first[Y_RAW] = rows.groupby(key)[S.TARGET].agg(agg)
+    first[S.Y_RAW] = rows.groupby(key)[S.TARGET].agg(agg)
     return first.reset_index()
 
 
 def _transform(rows: pd.DataFrame, transform: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the target transform; rows it cannot take (log10 of <= 0) are returned as excluded."""
     if transform == "log10":
-        ok = rows[Y_RAW] > 0
-        kept = rows[ok].assign(**{Y: np.log10(rows.loc[ok, Y_RAW])})
+        ok = rows[S.Y_RAW] > 0
+        kept = rows[ok].assign(**{S.Y: np.log10(rows.loc[ok, S.Y_RAW])})
         return kept, rows[~ok]
-    return rows.assign(**{Y: rows[Y_RAW]}), rows.iloc[0:0]
+    return rows.assign(**{S.Y: rows[S.Y_RAW]}), rows.iloc[0:0]
 
 
 def define_tasks(records: pd.DataFrame, properties: pd.DataFrame, cfg: ShardConfig
@@ -83,16 +80,21 @@ def define_tasks(records: pd.DataFrame, properties: pd.DataFrame, cfg: ShardConf
     """Cut records into tasks and split them.
 
     Returns:
-        (rows, index, excluded): rows carry task_id/y/y_raw and the record columns; index has one
-        row per task; excluded has record_id, dataset_id, reason for every record left out.
+        (rows, index, excluded): rows carry task_id/task_key/y/y_raw and the record columns;
+        index has one row per task; excluded has record_id, dataset_id, reason for every record
+        left out.
+
+    Raises:
+        ValueError: a family is both a test and a validation family.
     """
     records = _materials_table(records)
     meta = properties.set_index(S.DATASET_ID)
     excluded, tasks_rows, index_rows = [], [], []
 
     def exclude(frame: pd.DataFrame, reason: str) -> None:
+        assert reason in S.EXCLUDED_REASONS, reason  # the documented codes, nothing ad hoc
         if len(frame):
-            excluded.append(frame[[S.RECORD_ID, S.DATASET_ID]].assign(reason=reason))
+            excluded.append(frame[[S.RECORD_ID, S.DATASET_ID]].assign(**{S.REASON: reason}))
 
     for dataset_id, rows in records.groupby(S.DATASET_ID, sort=True):
         prop = meta.loc[dataset_id]
@@ -103,7 +105,7 @@ def define_tasks(records: pd.DataFrame, properties: pd.DataFrame, cfg: ShardConf
         if len(deduped) < cfg.whole_property_below:
             parts = [("all", deduped)]
         else:
-            parts = list(deduped.groupby(GROUP, sort=True))
+            parts = list(deduped.groupby(S.GROUP, sort=True))
         for group, part in parts:
             if len(part) < cfg.min_task_rows:
                 exclude(part, "task_too_small")
@@ -113,57 +115,29 @@ def define_tasks(records: pd.DataFrame, properties: pd.DataFrame, cfg: ShardConf
                 exclude(part.drop(keep.index), "over_task_row_cap")
                 part = keep
             task_id = f"{dataset_id}|{group}"
-            tasks_rows.append(part.assign(**{TASK_ID: task_id}))
-            index_rows.append({TASK_ID: task_id, S.DATASET_ID: dataset_id, GROUP: group, N_ROWS: len(part),
+            tasks_rows.append(part.assign(**{S.TASK_ID: task_id}))
+            index_rows.append({S.TASK_ID: task_id, S.DATASET_ID: dataset_id, S.GROUP: group, S.N_ROWS: len(part),
                                **{c: prop[c] for c in (S.PROPERTY, S.PROPERTY_KEY, S.UNIT, S.TASK_TYPE,
                                                        S.SOURCE_DB, S.FAMILY, S.TRANSFORM)}})
     rows = pd.concat(tasks_rows, ignore_index=True)
     index = pd.DataFrame(index_rows)
-    rows, index, leaked = assign_splits(rows, index, cfg)
+    rows, index, leaked = assign_splits(rows, index, test_families=cfg.test_families,
+                                        val_families=cfg.val_families, test_chemistry=cfg.test_chemistry,
+                                        min_task_rows=cfg.min_task_rows)
     exclude(leaked, "held_out_chemistry")
-    index[TASK_KEY] = [f"t{i:04d}" for i in range(len(index))]
-    rows = rows.merge(index[[TASK_ID, TASK_KEY]], on=TASK_ID)
+    index[S.TASK_KEY] = [f"t{i:04d}" for i in range(len(index))]
+    rows = rows.merge(index[[S.TASK_ID, S.TASK_KEY]], on=S.TASK_ID)
     excluded_frame = pd.concat(excluded, ignore_index=True) if excluded else \
-        pd.DataFrame(columns=[S.RECORD_ID, S.DATASET_ID, "reason"])
+        pd.DataFrame(columns=[S.RECORD_ID, S.DATASET_ID, S.REASON])
     return rows, index, excluded_frame
 
 
 def feature_stats(rows: pd.DataFrame, index: pd.DataFrame, feature_names: list[str]) -> pd.DataFrame:
     """Per-feature mean/std from meta-train tasks only (no val/test statistics leak into inputs)."""
-    train_ids = index.loc[index[SPLIT] == "meta-train", TASK_ID]
-    train = rows.loc[rows[TASK_ID].isin(train_ids), feature_names].to_numpy(dtype=np.float64)
+    train_ids = index.loc[index[S.SPLIT] == S.META_TRAIN, S.TASK_ID]
+    train = rows.loc[rows[S.TASK_ID].isin(train_ids), feature_names].to_numpy(dtype=np.float64)
     mean = np.nanmean(train, axis=0)
     std = np.nanstd(train, axis=0)
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
-    return pd.DataFrame({"feature": feature_names, "mean": mean, "std": std})
-
-
-@dataclass(frozen=True)
-class ShardsResult:
-    path: Path
-    manifest: S.Manifest
-    created: bool
-
-    def summary(self) -> str:
-        counts = self.manifest.counts
-        per_split = ", ".join(f"{k}: {v}" for k, v in counts.get("tasks_per_split", {}).items())
-        return (f"{counts.get('tasks', 0)} tasks ({per_split}); {counts.get('rows', 0)} rows, "
-                f"{counts.get('families', 0)} families, {counts.get('groups', 0)} groups, "
-                f"{counts.get('excluded', 0)} records excluded -> {self.path}"
-                + ("" if self.created else " (unchanged)"))
-
-
-def build_shards(snapshot_dir: Path, features_dir: Path, workdir: Path, cfg: ShardConfig | None = None
-                 ) -> ShardsResult:
-    """Build (or find) the task shards for one snapshot + feature set + config."""
-    from metalearn.shards.store import write_shards
-
-    return write_shards(Path(snapshot_dir), Path(features_dir), Path(workdir), cfg or ShardConfig())
-
-
-def config_hash(cfg: ShardConfig) -> str:
-    return io.hash_json(asdict(cfg))[:12]
-
-
-__all__ = ["SPLITS", "ShardConfig", "ShardsResult", "build_shards", "define_tasks", "feature_stats"]
+    return pd.DataFrame({S.FEATURE: feature_names, S.MEAN: mean, S.STD: std})

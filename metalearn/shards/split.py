@@ -6,6 +6,9 @@ adaptation. So a property family lies wholly in one split (setting a, unseen pro
 (unseen chemistry) holds out one chemistry group of the training families: its tasks go to
 ``meta-test-chemistry`` and its rows are removed from every training task (including the
 whole-property "all" tasks), so the same formula+property is never on both sides.
+
+The split names are ``metalearn.schema.SPLITS``. The settings arrive as typed keyword arguments
+(``ShardConfig`` fields), so this module needs nothing from :mod:`metalearn.shards.define`.
 """
 
 from __future__ import annotations
@@ -14,53 +17,64 @@ import pandas as pd
 
 from metalearn import schema as S
 
-SPLITS = ("meta-train", "meta-val", "meta-test-property", "meta-test-chemistry")
+
+def split_of(family: str, group: str, *, test_families: tuple[str, ...], val_families: tuple[str, ...],
+             test_chemistry: str) -> str:
+    """The split of one task, from its property family and chemistry group."""
+    if family in test_families:
+        return S.META_TEST_PROPERTY
+    if family in val_families:
+        return S.META_VAL
+    if group == test_chemistry:
+        return S.META_TEST_CHEMISTRY
+    return S.META_TRAIN
 
 
-def assign_splits(rows: pd.DataFrame, index: pd.DataFrame, cfg) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def assign_splits(rows: pd.DataFrame, index: pd.DataFrame, *, test_families: tuple[str, ...],
+                  val_families: tuple[str, ...], test_chemistry: str, min_task_rows: int,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Add a ``split`` column to the index; return (rows, index, rows removed to avoid leakage).
 
     Args:
         rows: task rows with ``task_id``, ``group``, ``reduced_formula``.
         index: one row per task with ``task_id``, ``family``, ``group``, ``n_rows``.
-        cfg: a ShardConfig (test_families, val_families, test_chemistry, min_task_rows).
+        test_families / val_families: property families held out whole (setting a) / for validation.
+        test_chemistry: the chemistry group held out of the training families (setting b).
+        min_task_rows: tasks left smaller than this by the removal are dropped (rows returned).
+
+    Raises:
+        ValueError: a family is both a test and a validation family.
     """
-    overlap = set(cfg.test_families) & set(cfg.val_families)
+    overlap = set(test_families) & set(val_families)
     if overlap:
         raise ValueError(f"families {sorted(overlap)} are in both test_families and val_families")
-
-    def split_of(task: pd.Series) -> str:
-        if task[S.FAMILY] in cfg.test_families:
-            return "meta-test-property"
-        if task[S.FAMILY] in cfg.val_families:
-            return "meta-val"
-        if task["group"] == cfg.test_chemistry:
-            return "meta-test-chemistry"
-        return "meta-train"
-
-    index = index.assign(split=index.apply(split_of, axis=1))
+    splits = [split_of(family, group, test_families=test_families, val_families=val_families,
+                       test_chemistry=test_chemistry)
+              for family, group in zip(index[S.FAMILY], index[S.GROUP])]
+    index = index.assign(**{S.SPLIT: pd.Series(splits, index=index.index, dtype=object)})
     # Whole-property ("all") training tasks still contain held-out-chemistry rows: remove them.
-    train_tasks = set(index.loc[index["split"] == "meta-train", "task_id"])
-    leak = rows["task_id"].isin(train_tasks) & (rows["group"] == cfg.test_chemistry)
+    train_tasks = set(index.loc[index[S.SPLIT] == S.META_TRAIN, S.TASK_ID])
+    leak = rows[S.TASK_ID].isin(train_tasks) & (rows[S.GROUP] == test_chemistry)
     removed, rows = rows[leak], rows[~leak]
-    index = index.assign(n_rows=index["task_id"].map(rows.groupby("task_id").size()).fillna(0).astype(int))
-    too_small = index["n_rows"] < cfg.min_task_rows
+    sizes = index[S.TASK_ID].map(rows.groupby(S.TASK_ID).size()).fillna(0).astype(int)
+    index = index.assign(**{S.N_ROWS: sizes})
+    too_small = index[S.N_ROWS] < min_task_rows
     if too_small.any():
-        small_ids = set(index.loc[too_small, "task_id"])
-        removed = pd.concat([removed, rows[rows["task_id"].isin(small_ids)]])
-        rows = rows[~rows["task_id"].isin(small_ids)]
+        small_ids = set(index.loc[too_small, S.TASK_ID])
+        removed = pd.concat([removed, rows[rows[S.TASK_ID].isin(small_ids)]])
+        rows = rows[~rows[S.TASK_ID].isin(small_ids)]
         index = index[~too_small]
     return rows.reset_index(drop=True), index.reset_index(drop=True), removed
 
 
 def check_no_leakage(rows: pd.DataFrame, index: pd.DataFrame) -> None:
     """Raise if a family spans splits (other than train/chemistry-test) or a formula+family crosses splits."""
-    fam_splits = index.groupby(S.FAMILY)["split"].agg(lambda s: frozenset(s))
+    fam_splits = index.groupby(S.FAMILY)[S.SPLIT].agg(lambda s: frozenset(s))
     for family, splits in fam_splits.items():
-        if len(splits - {"meta-train", "meta-test-chemistry"}) and len(splits) > 1:
+        if len(splits - {S.META_TRAIN, S.META_TEST_CHEMISTRY}) and len(splits) > 1:
             raise AssertionError(f"family {family!r} spans splits {sorted(splits)}")
-    merged = rows.merge(index[["task_id", S.FAMILY, "split"]], on="task_id")
-    crossing = merged.groupby([S.FAMILY, "reduced_formula"])["split"].nunique()
+    merged = rows.merge(index[[S.TASK_ID, S.FAMILY, S.SPLIT]], on=S.TASK_ID)
+    crossing = merged.groupby([S.FAMILY, S.REDUCED_FORMULA])[S.SPLIT].nunique()
     if (crossing > 1).any():
         example = crossing[crossing > 1].index[0]
         raise AssertionError(f"formula+family {example} appears in more than one split")

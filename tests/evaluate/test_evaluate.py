@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from eval_reference import F, make_task
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metalearn.evaluate.protocol import (
@@ -20,35 +21,6 @@ from metalearn.evaluate.protocol import (
 )
 from metalearn.learn.learners.base import Prediction
 from metalearn.learn.learners.baselines import KNNBaseline, SupportMean
-from metalearn.learn.sampling import Task
-
-F = 3
-
-
-def make_task(
-    task_id: str,
-    n: int = 60,
-    task_type: str = "regression",
-    transform: str = "none",
-    split: str = "meta-test-property",
-    seed: int = 0,
-) -> Task:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, F)).astype(np.float32)
-    y = np.sin(2 * x[:, 0]) + x[:, 1] + 0.1 * rng.normal(size=n)
-    if task_type == "classification":
-        y = (y > np.quantile(y, 0.7)).astype(float)  # 30% positives
-    return Task(
-        task_id=task_id,
-        x=x,
-        y=y,
-        task_type=task_type,
-        unit="eV",
-        transform=transform,
-        family="band_gap",
-        group="g",
-        split=split,
-    )
 
 
 class Recorder:
@@ -78,14 +50,14 @@ class FirstFeatureScorer:
         return Prediction(mean=torch.sigmoid(x_query[:, 0]))
 
 
-CFG = EvalConfig(ks=(1, 5, 10), n_draws=3, n_query=20, seed=0)
+CFG = EvalConfig(n_support=(2, 5, 10), n_draws=3, n_query=20, seed=0)
 
 
 def test_draws_are_disjoint_reproducible_and_share_the_query_across_k() -> None:
     task = make_task("t")
     for draw in range(CFG.n_draws):
         queries = []
-        for k in CFG.ks:
+        for k in CFG.n_support:
             support, query = episode_indices(task, k, draw, CFG)
             assert len(support) == k and len(query) == CFG.n_query
             assert len(set(support)) == k and not set(support) & set(query)
@@ -107,9 +79,18 @@ def test_classification_supports_are_stratified() -> None:
 
 def test_too_small_task_fails_loudly() -> None:
     with pytest.raises(
-        ValueError, match=r"task 'tiny' has 25 rows; need max\(ks\) \+ n_query = 10 \+ 20 = 30"
+        ValueError, match=r"task 'tiny' has 25 rows; need max\(n_support\) \+ n_query = 10 \+ 20 = 30"
     ):
-        episode_indices(make_task("tiny", n=25), 1, 0, CFG)
+        episode_indices(make_task("tiny", n=25), 2, 0, CFG)
+
+
+@pytest.mark.parametrize("n_support", [(1, 5), (0,), (), (5, 5)])
+def test_degenerate_support_sizes_are_refused(n_support) -> None:
+    with pytest.raises(ValueError, match="n_support"):
+        EvalConfig(n_support=n_support)
+    if 1 in n_support:  # the reason is in the message, not only the rule
+        with pytest.raises(ValueError, match="all fall back\\s+to the mean"):
+            EvalConfig(n_support=n_support)
 
 
 def test_normalisation_uses_support_statistics_only() -> None:
@@ -118,16 +99,16 @@ def test_normalisation_uses_support_statistics_only() -> None:
     first, second = Recorder(), Recorder()
     scores = evaluate([task], {"recorder": first}, cfg)
     y = task.y.copy()
-    y[episode_indices(task, 1, 0, cfg)[1]] += 100.0  # perturb every query target
+    y[episode_indices(task, 2, 0, cfg)[1]] += 100.0  # perturb every query target
     perturbed = evaluate([replace(task, y=y)], {"recorder": second}, cfg)
-    assert len(first.seen) == len(second.seen) == len(cfg.ks)
+    assert len(first.seen) == len(second.seen) == len(cfg.n_support)
     for a, b in zip(first.seen, second.seen):
         np.testing.assert_array_equal(a, b)  # what adapt sees depends on the support only
     assert (perturbed.query("metric == 'mae'")["value"].to_numpy() > 90).all()  # while the query scores moved
-    for k in cfg.ks[1:]:
+    for k in cfg.n_support:
         support, _ = episode_indices(task, k, 0, cfg)
         expected = (task.y[support] - task.y[support].mean()) / task.y[support].std()
-        np.testing.assert_allclose(first.seen[cfg.ks.index(k)], expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(first.seen[cfg.n_support.index(k)], expected, rtol=1e-4, atol=1e-5)
     normed, _, _ = normalise_support(torch.tensor([3.0, 3.0, 3.0]))  # constant support: floored std, no NaN
     assert torch.equal(normed, torch.zeros(3))
     assert set(scores.columns) == set(SCORE_COLUMNS)
@@ -137,7 +118,7 @@ def test_mae_and_mae_over_mad_match_numpy_in_the_unit() -> None:
     task = make_task("log", transform="log10")  # y is log10 of the property; scores are in the unit
     scores = evaluate([task], {"recorder": Recorder()}, CFG).set_index(["k", "draw", "metric"])["value"]
     for draw in range(CFG.n_draws):
-        for k in CFG.ks:
+        for k in CFG.n_support:
             support, query = episode_indices(task, k, draw, CFG)
             pred = np.full(len(query), 10 ** np.mean(task.y[support].astype(np.float32)))
             truth = 10 ** task.y[query]
@@ -171,13 +152,14 @@ def test_settings_learner_types_and_seeds() -> None:
     learners = {"mean": SupportMean(F), "knn": KNNBaseline(F), "x0": FirstFeatureScorer()}
     progress: list[tuple[int, int]] = []
     scores = evaluate(tasks, learners, CFG, on_progress=lambda done, total: progress.append((done, total)))
-    assert progress == [(1, 3), (2, 3), (3, 3)]
+    total = 3 * len(CFG.n_support) * CFG.n_draws  # episodes: tasks x k x draws
+    assert progress == [(n, total) for n in range(CFG.n_draws, total + 1, CFG.n_draws)]
     by_task = scores.groupby("task_id")
     assert set(by_task.get_group("p")["setting"]) == {"meta-test-property"}
     assert set(by_task.get_group("c")["setting"]) == {"meta-test-chemistry"}
     assert set(by_task.get_group("cls")["learner"]) == {"x0"}  # learners score only their task type
     assert set(by_task.get_group("p")["learner"]) == {"mean", "knn"}
-    assert len(scores) == (2 * 2 * 2 + 1 * 2) * len(CFG.ks) * CFG.n_draws
+    assert len(scores) == (2 * 2 * 2 + 1 * 2) * len(CFG.n_support) * CFG.n_draws
     again = evaluate(tasks, learners, CFG)
     assert again.equals(scores)
     assert not evaluate(tasks, learners, replace(CFG, seed=5))["value"].equals(scores["value"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from score_tables import scores_table
+from score_tables import scores_table as _scores_table
 
 from metalearn.evaluate.gate import (
     RegistryConfig,
@@ -14,6 +14,11 @@ from metalearn.evaluate.gate import (
     eval_protocol,
     paired_gate,
 )
+
+
+def scores_table(values, draws: int = 2):
+    """Constructed scores at the support sizes the protocol evaluates (the gate's default n_support among them)."""
+    return _scores_table(values, ks=(5, RegistryConfig().n_support), draws=draws)
 
 
 def version(number: int, learner: str, protocol: str = "p0") -> SimpleNamespace:

@@ -13,17 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metalearn.features.composition import matminer_featurizers
-from metalearn.features.composition_stats import _neutral_distinct, _neutral_product, compound_possible
-from metalearn.features.plan import (
+from metalearn.features.composition import (
     FEATURE_SET_VERSION,
     composition_feature_names,
     featurize_compositions,
     featurize_compositions_matminer,
-    featurize_structures,
-    structure_feature_names,
+    matminer_featurizers,
 )
-from metalearn.features.structure import featurize_structures_matminer, structure_featurizers
+from metalearn.features.composition_stats import _neutral_distinct, _neutral_product, compound_possible
+from metalearn.features.structure import (
+    featurize_structures,
+    featurize_structures_matminer,
+    structure_feature_names,
+    structure_featurizers,
+)
 from metalearn.io import repo_data_dir
 
 PER_DATASET = 100  # x 27 composition datasets: ~2,700 formulas, ~6 s of matminer

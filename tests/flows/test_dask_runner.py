@@ -10,6 +10,7 @@ from flow_support import TINY_DATASETS
 
 from metalearn import io
 from metalearn.ingest.stage import IngestConfig, ingest
+from metalearn.layout import WorkDir
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +23,11 @@ def test_dask_runner_gives_the_same_features_as_the_default_runner(prefect_harne
     cfg = IngestConfig(max_rows_per_dataset=40, datasets=tuple(TINY_DATASETS[:6]))
     settings = {"chunk_size": 60}  # several chunks, so there is something to fan out
     results = {}
-    snapshot = ingest(tmp_path / "default", cfg).path
+    snapshot = ingest(WorkDir.resolve(tmp_path / "default"), cfg).path
     results["default"] = with_runner("default", flow_obj=features_flow)(str(snapshot), str(tmp_path / "default"),
                                                                        settings)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        dask_snapshot = ingest(tmp_path / "dask", cfg).path
+        dask_snapshot = ingest(WorkDir.resolve(tmp_path / "dask"), cfg).path
         flow_obj = with_runner("dask", cluster.scheduler_address, flow_obj=features_flow)
         assert type(flow_obj.task_runner).__name__ == "DaskTaskRunner"
         results["dask"] = flow_obj(str(dask_snapshot), str(tmp_path / "dask"), settings)

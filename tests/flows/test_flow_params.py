@@ -1,64 +1,33 @@
-"""Flow parameters: JSON-able, validated on the flow's first line, profiles ordered by size."""
+"""Flow parameters: the flows mirror RunConfig (names and defaults); bad parameters fail before any work."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import pytest
 
-from metalearn.config import deep_merge, from_dict
-from metalearn.pipeline import PROFILES, RunConfig, resolve_stages
+from metalearn.pipeline import RunConfig
 
 
-def test_profiles_quick_is_smaller_than_default():
-    quick, default = PROFILES["quick"], PROFILES["default"]
-    assert quick["ingest"]["max_rows_per_dataset"] < default["ingest"]["max_rows_per_dataset"]
-    assert quick["train"]["train"]["max_steps"] < default["train"]["train"]["max_steps"]
-    assert quick["evaluate"]["n_draws"] < default["evaluate"]["n_draws"]
+def test_flow_parameters_are_run_config_fields_with_its_defaults():
+    from flows.nightly import _D, nightly, retrain, retrain_fields
 
-
-def test_resolved_stages_are_json_round_trippable_and_overrides_merge():
-    stages = resolve_stages(RunConfig(profile="quick", train={"train": {"max_steps": 7}},
-                                      hyperparams={"fomaml": {"inner_steps": 2}}))
-    assert json.loads(json.dumps(stages)) == stages
-    assert stages["train"]["fomaml"]["train"]["max_steps"] == 7
-    assert stages["train"]["fomaml"]["train"]["meta_batch_size"] == PROFILES["quick"]["train"]["train"]["meta_batch_size"]
-    assert stages["train"]["fomaml"]["hyperparams"] == {"inner_steps": 2}
-    assert stages["train"]["metric"]["hyperparams"] == {}
-    assert "source" not in stages["ingest"] and stages["registry"]["model_name"] == "metalearn"
-
-
-def test_deep_merge_keeps_sibling_keys():
-    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
-
-
-@pytest.mark.parametrize(("params", "message"), [
-    ({"profil": "quick"}, "unknown RunConfig parameter"),
-    ({"profile": "huge"}, "unknown profile"),
-    ({"source": "oqmd"}, "unknown source"),
-    ({"gradient_learner": "protonet"}, "gradient_learner"),
-    ({"ingest": {"source": "mp"}}, "`source` parameter"),
-    ({"registry": {"tracking_uri": "x"}}, "MLFLOW_TRACKING_URI"),
-    ({"hyperparams": {"maml": {}}}, "does not train"),
-])
-def test_run_config_rejects_bad_parameters(params, message):
-    with pytest.raises(ValueError, match=message):
-        from_dict(RunConfig, params)
-
-
-@pytest.mark.parametrize(("params", "message"), [
-    ({"ingest": {"max_rows": 5}}, "unknown IngestConfig parameter"),
-    ({"featurize": {"chunks": 5}}, "unknown FeaturizeConfig parameter"),
-    ({"shards": {"min_rows": 5}}, "unknown ShardConfig parameter"),
-    ({"train": {"steps": 5}}, "unknown ExperimentConfig parameter"),
-    ({"train": {"train": {"max_stepz": 5}}}, "unknown TrainConfig parameter"),
-    ({"hyperparams": {"fomaml": {"inner_stepz": 1}}}, "bad hyperparams for 'fomaml'"),
-    ({"evaluate": {"draws": 5}}, "unknown EvalConfig parameter"),
-    ({"registry": {"min_win": 0.5}}, "unknown RegistryConfig parameter"),
-])
-def test_unknown_stage_keys_fail_before_any_work(params, message):
-    with pytest.raises(ValueError, match=message):
-        resolve_stages(from_dict(RunConfig, params))
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    signature = inspect.signature(nightly.fn).parameters
+    assert list(signature) == list(fields)
+    for name, param in signature.items():
+        default = fields[name].default
+        if default is not dataclasses.MISSING and not isinstance(default, tuple):
+            assert param.default == default, name
+        else:  # dict and list fields: None in the flow means "the RunConfig default"
+            assert param.default is None
+    retrain_params = inspect.signature(retrain.fn).parameters
+    assert set(retrain_fields()) == set(retrain_params) - {"shards_dir", "snapshot", "features"}
+    for name in retrain_fields():
+        assert retrain_params[name].default == signature[name].default
+    assert _D == RunConfig()
 
 
 def test_the_flow_fails_at_once_on_an_unknown_key(prefect_harness, tmp_path):
@@ -75,13 +44,29 @@ def test_the_flow_fails_at_once_on_an_unknown_key(prefect_harness, tmp_path):
         nightly(workdir=str(tmp_path), bogus=1)
 
 
-def test_cli_run_reports_an_unknown_key_and_exits_2(tmp_path):
+@pytest.mark.parametrize(("args", "message"), [
+    (["--profile", "quick", "--params", json.dumps({"train": {"max_stepz": 1}})], "unknown train parameter"),
+    (["--params", json.dumps({"profil": "quick"})], "profil"),
+    (["--profile", "quick", "--params", json.dumps({"profile": "huge"})], "--profile 'quick' conflicts"),
+    (["--params", json.dumps({"ingest": {"max_rows_per_dataset": -5}})], "max_rows_per_dataset"),
+    (["--params", json.dumps({"ingest": {"max_rows_per_dataset": "many"}})], "must be int or None"),
+    (["--params", "{not json"], "--params is not valid JSON"),
+])
+def test_cli_run_reports_a_bad_parameter_in_one_line_and_exits_2(tmp_path, args, message):
     from flow_support import cli
 
-    out = cli("run", "--workdir", str(tmp_path), "--profile", "quick",
-              "--params", json.dumps({"train": {"train": {"max_stepz": 1}}}), timeout=300)
+    out = cli("run", "--workdir", str(tmp_path), *args, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "unknown TrainConfig parameter(s) ['max_stepz']" in out.stderr
-    assert not (tmp_path / "raw").exists()
-    out = cli("run", "--workdir", str(tmp_path), "--params", json.dumps({"profil": "quick"}), timeout=300)
-    assert out.returncode == 2 and "profil" in out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "prefect").exists()
+
+
+def test_cli_run_names_an_unusable_work_directory(tmp_path):
+    from flow_support import cli
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out = cli("run", "--workdir", str(a_file), "--profile", "quick", timeout=300)
+    assert out.returncode == 2 and str(a_file) in out.stderr and "not a directory" in out.stderr
+    assert "Traceback" not in out.stderr

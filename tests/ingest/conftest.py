@@ -8,6 +8,14 @@ from pathlib import Path
 import mp_server as mp_server_module  # tests/mp_server.py, found by path through tests/conftest.py
 import pytest
 
+from metalearn.layout import WorkDir
+
+
+@pytest.fixture
+def work(workdir: Path) -> WorkDir:
+    """The test's work directory as the WorkDir every ingest function takes."""
+    return WorkDir.resolve(workdir)
+
 
 @pytest.fixture
 def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

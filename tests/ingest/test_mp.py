@@ -11,7 +11,6 @@ import json
 import logging
 import time
 import traceback
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -30,7 +29,8 @@ from metalearn.ingest.mp import (
     to_records,
 )
 from metalearn.ingest.mp_client import ingest_mp
-from metalearn.ingest.snapshot import latest_snapshot, list_snapshots, read_table
+from metalearn.ingest.snapshot import latest_snapshot, list_snapshots, read_table, verify_snapshot
+from metalearn.layout import WorkDir
 
 pytestmark = pytest.mark.usefixtures("offline_home")
 OTHER_KEY = "Zz9yXx8wVv7uTt6sRr5qPp4oNn3mLl2k"  # well-formed (32 chars) but not the server's key
@@ -56,15 +56,15 @@ def _fetched_ids(server) -> set[str]:
     return ids
 
 
-def _assert_nothing_written(workdir: Path) -> None:
-    assert latest_snapshot(workdir, "mp") is None
-    leftovers = [p for p in workdir.rglob("*") if p.name.startswith(io.TMP_PREFIX)]
+def _assert_nothing_written(work: WorkDir) -> None:
+    assert latest_snapshot(work, "mp") is None
+    leftovers = [p for p in work.root.rglob("*") if p.name.startswith(io.TMP_PREFIX)]
     assert leftovers == []
-    assert not (workdir / "raw" / "mp").exists() or not any((workdir / "raw" / "mp").iterdir())
+    assert not work.raw("mp").exists() or not any(work.raw("mp").iterdir())
 
 
-def test_first_run_pages_through_the_api_with_an_explicit_field_list(mp_server, workdir):
-    result = ingest_mp(workdir, _cfg(mp_server), api_key=TEST_KEY)
+def test_first_run_pages_through_the_api_with_an_explicit_field_list(mp_server, work):
+    result = ingest_mp(work, _cfg(mp_server), api_key=TEST_KEY)
 
     assert result.created
     params = _summary_params(mp_server)
@@ -78,6 +78,7 @@ def test_first_run_pages_through_the_api_with_an_explicit_field_list(mp_server, 
 
     summary = read_table(result.path, "summary")
     assert len(summary) == len(mp_server.docs) and summary["material_id"].is_unique
+    assert verify_snapshot(result.path, deep=True) == []  # the content hash is that of the files (summary too)
     manifest = io.read_manifest(result.path)
     assert manifest.database_version == mp_server.db_version
     assert manifest.extra["max_last_updated"] == "2017-02-01T00:00:00+00:00"
@@ -99,9 +100,9 @@ def test_first_run_pages_through_the_api_with_an_explicit_field_list(mp_server, 
     assert first["spacegroup_number"] == mp_server.docs[min(mp_server.docs)]["symmetry"]["number"]
 
 
-def test_incremental_run_fetches_only_changed_documents(mp_server, workdir):
+def test_incremental_run_fetches_only_changed_documents(mp_server, work):
     cfg = _cfg(mp_server)
-    first = ingest_mp(workdir, cfg, api_key=TEST_KEY)
+    first = ingest_mp(work, cfg, api_key=TEST_KEY)
     ids = sorted(mp_server.docs)
     changed, dropped = ids[3], ids[5]
     mp_server.modify(changed, band_gap=9.75)
@@ -110,7 +111,7 @@ def test_incremental_run_fetches_only_changed_documents(mp_server, workdir):
     mp_server.db_version = "2026.01.01"
     mp_server.requests.clear()
 
-    second = ingest_mp(workdir, cfg, api_key=TEST_KEY)
+    second = ingest_mp(work, cfg, api_key=TEST_KEY)
 
     assert second.created and second.path != first.path
     assert _fetched_ids(mp_server) == {changed, "mp-3000001"}
@@ -124,35 +125,35 @@ def test_incremental_run_fetches_only_changed_documents(mp_server, workdir):
     assert manifest.extra["max_last_updated"] > "2025"
 
     # The merged snapshot equals a from-scratch fetch of the same server state.
-    fresh = ingest_mp(workdir / "fresh", cfg, api_key=TEST_KEY)
+    fresh = ingest_mp(WorkDir.resolve(work.root / "fresh"), cfg, api_key=TEST_KEY)
     assert fresh.manifest.content_hash == manifest.content_hash
 
     mp_server.requests.clear()
     mp_server.db_version = "2026.02.02"  # a release that changed none of our documents
-    third = ingest_mp(workdir, cfg, api_key=TEST_KEY)
+    third = ingest_mp(work, cfg, api_key=TEST_KEY)
     assert not third.created and third.path == second.path
     assert _fetched_ids(mp_server) == set()
-    assert len(list_snapshots(workdir, "mp")) == 2
+    assert len(list_snapshots(work, "mp")) == 2
 
 
-def test_criteria_are_sent_and_a_new_criteria_set_is_fetched_in_full(mp_server, workdir):
-    first = ingest_mp(workdir, _cfg(mp_server, criteria={"elements": ["O"]}), api_key=TEST_KEY)
+def test_criteria_are_sent_and_a_new_criteria_set_is_fetched_in_full(mp_server, work):
+    first = ingest_mp(work, _cfg(mp_server, criteria={"elements": ["O"]}), api_key=TEST_KEY)
     oxides = {m for m, d in mp_server.docs.items() if "O" in d["elements"]}
     assert 0 < len(oxides) < len(mp_server.docs)
     assert set(read_table(first.path, "summary")["material_id"]) == oxides
     assert all(p.get("elements") == "O" for p in _summary_params(mp_server) if "material_ids" not in p)
     mp_server.requests.clear()
-    second = ingest_mp(workdir, _cfg(mp_server), api_key=TEST_KEY)
+    second = ingest_mp(work, _cfg(mp_server), api_key=TEST_KEY)
     assert second.created and _fetched_ids(mp_server) == set(mp_server.docs)
     assert second.manifest.extra["mode"] == "full"
 
 
-def test_rate_limit_is_retried_then_succeeds(mp_server, workdir, monkeypatch):
+def test_rate_limit_is_retried_then_succeeds(mp_server, work, monkeypatch):
     monkeypatch.setenv("MP_API_KEY", TEST_KEY)  # the key from the environment this time
     mp_server.fail_429 = 2
     mp_server.retry_after = "60"  # capped at backoff_max, so the test stays fast
     start = time.monotonic()
-    result = ingest_mp(workdir, _cfg(mp_server), api_key=None)
+    result = ingest_mp(work, _cfg(mp_server), api_key=None)
     assert time.monotonic() - start < 20
     assert result.created
     statuses = [r["status"] for r in mp_server.summary_requests()]
@@ -160,42 +161,42 @@ def test_rate_limit_is_retried_then_succeeds(mp_server, workdir, monkeypatch):
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_server_errors_past_the_retry_budget_fail_clearly_and_write_nothing(mp_server, workdir, status):
+def test_server_errors_past_the_retry_budget_fail_clearly_and_write_nothing(mp_server, work, status):
     mp_server.fail_status = status
     start = time.monotonic()
     with pytest.raises(MPIngestError, match=rf"HTTP {status}.*after 2 retries.*budget exhausted"):
-        ingest_mp(workdir, _cfg(mp_server, max_retries=2), api_key=TEST_KEY)
+        ingest_mp(work, _cfg(mp_server, max_retries=2), api_key=TEST_KEY)
     assert time.monotonic() - start < 20
     assert len(mp_server.summary_requests()) == 3  # one try + max_retries
-    _assert_nothing_written(workdir)
+    _assert_nothing_written(work)
 
 
 @pytest.mark.parametrize("mode,match", [("json", "truncated JSON"), ("transport", "truncated response")])
-def test_truncated_page_fails_clearly_and_writes_nothing(mp_server, workdir, mode, match):
+def test_truncated_page_fails_clearly_and_writes_nothing(mp_server, work, mode, match):
     mp_server.truncate_page, mp_server.truncate_mode = 2, mode
     with pytest.raises(MPIngestError, match=match):
-        ingest_mp(workdir, _cfg(mp_server), api_key=TEST_KEY)
-    _assert_nothing_written(workdir)
+        ingest_mp(work, _cfg(mp_server), api_key=TEST_KEY)
+    _assert_nothing_written(work)
 
 
-def test_failure_after_a_good_snapshot_keeps_the_old_one(mp_server, workdir):
+def test_failure_after_a_good_snapshot_keeps_the_old_one(mp_server, work):
     cfg = _cfg(mp_server)
-    good = ingest_mp(workdir, cfg, api_key=TEST_KEY)
+    good = ingest_mp(work, cfg, api_key=TEST_KEY)
     mp_server.modify(min(mp_server.docs), band_gap=3.5)
     mp_server.truncate_page = 0
     with pytest.raises(MPIngestError):
-        ingest_mp(workdir, cfg, api_key=TEST_KEY)
-    assert list_snapshots(workdir, "mp") == [good.path]
-    assert not [p for p in workdir.rglob("*") if p.name.startswith(io.TMP_PREFIX)]
+        ingest_mp(work, cfg, api_key=TEST_KEY)
+    assert list_snapshots(work, "mp") == [good.path]
+    assert not [p for p in work.root.rglob("*") if p.name.startswith(io.TMP_PREFIX)]
 
 
-def test_missing_or_malformed_key_fails_before_any_request(mp_server, workdir):
+def test_missing_or_malformed_key_fails_before_any_request(mp_server, work):
     with pytest.raises(MPIngestError, match="no Materials Project API key"):
-        ingest_mp(workdir, _cfg(mp_server), api_key=None)
+        ingest_mp(work, _cfg(mp_server), api_key=None)
     with pytest.raises(MPIngestError, match="malformed: it has 5 characters"):
-        ingest_mp(workdir, _cfg(mp_server), api_key="short")
+        ingest_mp(work, _cfg(mp_server), api_key="short")
     assert mp_server.requests == []
-    _assert_nothing_written(workdir)
+    _assert_nothing_written(work)
 
 
 def _all_text(exc: BaseException) -> str:
@@ -210,30 +211,103 @@ def _all_text(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-def test_the_key_never_appears_anywhere(mp_server, workdir, caplog, capsys):
+def test_the_key_never_appears_anywhere(mp_server, work, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     errors = []
     # A server that echoes a rejected key into its error detail.
     mp_server.echo_key_in_errors = True
     with pytest.raises(MPIngestError, match=r"rejected the API key \(HTTP 403\)") as bad_key:
-        ingest_mp(workdir, _cfg(mp_server), api_key=OTHER_KEY)
+        ingest_mp(work, _cfg(mp_server), api_key=OTHER_KEY)
     errors.append(bad_key.value)
     assert "***" in str(bad_key.value)  # the echoed key was scrubbed, not the message dropped
     mp_server.fail_status = 502
     with pytest.raises(MPIngestError) as spent:
-        ingest_mp(workdir, _cfg(mp_server), api_key=TEST_KEY)
+        ingest_mp(work, _cfg(mp_server), api_key=TEST_KEY)
     errors.append(spent.value)
     mp_server.fail_status = None
-    result = ingest_mp(workdir, _cfg(mp_server), api_key=TEST_KEY)
+    result = ingest_mp(work, _cfg(mp_server), api_key=TEST_KEY)
 
     out, err = capsys.readouterr()
     texts = [out, err, caplog.text, result.manifest.to_json(), repr(result), *map(_all_text, errors)]
     for key in (TEST_KEY, OTHER_KEY):
         assert not any(key in text for text in texts)
-        for path in workdir.rglob("*"):
+        for path in work.root.rglob("*"):
             if path.is_file():
                 assert key.encode() not in path.read_bytes(), path
     assert all(e.__cause__ is None and e.__context__ is None for e in errors)
+
+
+# --- MPIngestError.transient: what an orchestrator may retry later, decided by the library ---------
+
+@pytest.mark.parametrize("fault,match", [
+    ({"fail_status": 503}, r"HTTP 503 persisted.*budget exhausted"),
+    ({"fail_status": 502}, r"HTTP 502 persisted.*budget exhausted"),
+    ({"fail_429": 100}, r"HTTP 429 persisted.*budget exhausted"),
+    ({"truncate_page": 1, "truncate_mode": "json"}, "truncated JSON"),
+    ({"truncate_page": 0, "truncate_mode": "transport"}, "truncated response"),
+    ({"delay_s": 2.0}, "timed out"),
+])
+def test_transient_failures_say_so(mp_server, work, fault, match):
+    for name, value in fault.items():
+        setattr(mp_server, name, value)
+    with pytest.raises(MPIngestError, match=match) as caught:
+        ingest_mp(work, _cfg(mp_server, max_retries=1, timeout=0.5), api_key=TEST_KEY)
+    assert caught.value.transient is True
+    _assert_nothing_written(work)
+
+
+def test_an_unreachable_api_is_transient(mp_server, work):
+    url = mp_server.url
+    mp_server.stop()  # nothing listens on the port any more: connection refused
+    with pytest.raises(MPIngestError, match="cannot reach") as caught:
+        ingest_mp(work, MPConfig(endpoint=url, max_retries=1, backoff_base=0.01, timeout=5), api_key=TEST_KEY)
+    assert caught.value.transient is True
+
+
+def test_permanent_failures_say_so(mp_server, work):
+    def fails(api_key=TEST_KEY, **overrides) -> MPIngestError:
+        with pytest.raises(MPIngestError) as caught:
+            ingest_mp(work, _cfg(mp_server, **overrides), api_key=api_key)
+        return caught.value
+
+    assert "no Materials Project API key" in str(bad := fails(api_key=None)) and not bad.transient
+    assert "malformed: it has 5 characters" in str(bad := fails(api_key="short")) and not bad.transient
+    assert "rejected the API key (HTTP 403)" in str(bad := fails(api_key=OTHER_KEY)) and not bad.transient
+    assert "matched no materials" in str(bad := fails(criteria={"elements": ["Og"]})) and not bad.transient
+    mp_server.truncate_page, mp_server.truncate_mode = 0, "garbage"
+    assert "malformed response page (invalid JSON)" in str(bad := fails()) and not bad.transient
+    mp_server.truncate_page = None
+    mp_server.modify(min(mp_server.docs), band_gap="abc")
+    assert "band_gap='abc' is not a number" in str(bad := fails()) and not bad.transient
+    _assert_nothing_written(work)
+
+
+def test_transient_survives_pickling():
+    """Prefect persists a failed task's exception; the flag must come back with it."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(MPIngestError("fetch: cannot reach the API", transient=True)))
+    assert again.transient is True and str(again) == "fetch: cannot reach the API"
+    assert MPIngestError("no key").transient is False
+
+
+# --- corruption: a damaged previous snapshot is moved aside and the run recomputes ----------------
+
+def test_corrupt_previous_snapshot_is_moved_aside_and_fetched_in_full(mp_server, work):
+    cfg = _cfg(mp_server)
+    first = ingest_mp(work, cfg, api_key=TEST_KEY)
+    summary = first.path / "summary.parquet"
+    summary.write_bytes(summary.read_bytes()[: summary.stat().st_size // 2])
+    mp_server.requests.clear()
+
+    second = ingest_mp(work, cfg, api_key=TEST_KEY)  # nothing changed upstream, but the old copy is broken
+
+    assert second.created and second.path != first.path and not first.path.exists()
+    assert second.manifest.content_hash == first.manifest.content_hash
+    assert second.manifest.extra["mode"] == "full" and _fetched_ids(mp_server) == set(mp_server.docs)
+    (moved,) = [p for p in work.raw("mp").iterdir() if p.name.startswith(first.path.name + io.CORRUPT_MARK)]
+    assert "summary.parquet" in (moved / "verify-problems.json").read_text()
+    assert list_snapshots(work, "mp") == [second.path]
 
 
 def test_to_records_flattens_nested_values_and_quarantines_nonpositive_log_targets():
@@ -287,5 +361,5 @@ def test_cli_ingest_mp_against_the_loopback_server(mp_server, tmp_path, monkeypa
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "mp:" in out.out and "rows" in out.out and "quarantined" in out.out
-    assert latest_snapshot(tmp_path, "mp") is not None
+    assert latest_snapshot(WorkDir(tmp_path), "mp") is not None
     assert TEST_KEY not in out.out + out.err

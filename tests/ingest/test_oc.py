@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -130,10 +129,10 @@ def test_records_follow_the_schema_and_validate_cleanly():
     assert len(quarantine) == 0 and len(clean) == len(records)
 
 
-def test_ingest_oc_writes_once(workdir: Path):
-    first = oc.ingest_oc(workdir)
+def test_ingest_oc_writes_once(work):
+    first = oc.ingest_oc(work)
     assert first.created and first.manifest.n_rows == 230 and first.n_quarantined == 0
     assert len(read_table(first.path, "oc20_trajectories")) == 30
     assert len(read_table(first.path, "oc20_dense_systems")) == 200
-    again = oc.ingest_oc(workdir, OC_DIR.parent)  # the data/ dir works too: it holds oc/
+    again = oc.ingest_oc(work, OC_DIR.parent)  # the data/ dir works too: it holds oc/
     assert not again.created and again.path == first.path

@@ -34,7 +34,7 @@ def _good_structure():
     return json.dumps(Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).as_dict())
 
 
-def test_each_bad_input_kind_is_quarantined_with_reason(workdir):
+def test_each_bad_input_kind_is_quarantined_with_reason(work):
     rows = [
         ("r1", "gap", None, "NaCl", None, 5.0),
         ("r2", "gap", None, "Na(Cl", None, 1.0),           # unparseable formula
@@ -48,7 +48,7 @@ def test_each_bad_input_kind_is_quarantined_with_reason(workdir):
         ("r10", "metal", None, "Cu", None, 0.5),           # classification label not 0/1
         ("r11", "metal", None, "Fe", None, 1.0),
     ]
-    result = write_snapshot(workdir, "test", _records(rows), _properties(gap="regression", metal="classification"))
+    result = write_snapshot(work, "test", _records(rows), _properties(gap="regression", metal="classification"))
     quarantine = read_table(result.path, "quarantine")
     reasons = dict(zip(quarantine[S.RECORD_ID], quarantine[S.REASON]))
     assert reasons == {"r2": "unparseable_formula", "r3": "unknown_element", "r4": "nonfinite_target",
@@ -62,21 +62,21 @@ def test_each_bad_input_kind_is_quarantined_with_reason(workdir):
     assert result.manifest.counts["quarantine_reasons"]["nonfinite_target"] == 2
 
 
-def test_exact_duplicates_collapse_without_quarantine(workdir):
+def test_exact_duplicates_collapse_without_quarantine(work):
     rows = [("a", "gap", "mp-2", "GaN", None, 3.0), ("a", "gap", "mp-2", "GaN", None, 3.0)]
-    result = write_snapshot(workdir, "test", _records(rows), _properties(gap="regression"))
+    result = write_snapshot(work, "test", _records(rows), _properties(gap="regression"))
     assert result.n_quarantined == 0 and result.manifest.n_rows == 1
 
 
-def test_reingest_same_content_writes_nothing_and_changed_content_is_new(workdir):
+def test_reingest_same_content_writes_nothing_and_changed_content_is_new(work):
     rows = [("a", "gap", None, "GaN", None, 3.0), ("b", "gap", None, "GaAs", None, 1.4)]
-    first = write_snapshot(workdir, "test", _records(rows), _properties(gap="regression"))
-    again = write_snapshot(workdir, "test", _records(rows[::-1]), _properties(gap="regression"))
+    first = write_snapshot(work, "test", _records(rows), _properties(gap="regression"))
+    again = write_snapshot(work, "test", _records(rows[::-1]), _properties(gap="regression"))
     assert first.created and not again.created and again.path == first.path
-    changed = write_snapshot(workdir, "test", _records(rows + [("c", "gap", None, "InP", None, 1.3)]),
+    changed = write_snapshot(work, "test", _records(rows + [("c", "gap", None, "InP", None, 1.3)]),
                              _properties(gap="regression"))
     assert changed.created and changed.path != first.path
-    assert list_snapshots(workdir, "test") == [first.path, changed.path]
+    assert list_snapshots(work, "test") == [first.path, changed.path]
     # the first snapshot is untouched (immutable)
     assert read_table(first.path, "records").shape[0] == 2
     manifest = io.read_manifest(changed.path)
@@ -84,7 +84,7 @@ def test_reingest_same_content_writes_nothing_and_changed_content_is_new(workdir
     assert {"pymatgen", "pandas", "pyarrow"} <= set(manifest.versions)
 
 
-def test_killed_write_leaves_no_readable_snapshot(workdir):
+def test_killed_write_leaves_no_readable_snapshot(work):
     script = textwrap.dedent(f"""
         import time, pandas as pd
         import metalearn.io as io
@@ -100,7 +100,8 @@ def test_killed_write_leaves_no_readable_snapshot(workdir):
         props = pd.DataFrame([{{"dataset_id": "gap", "property": "gap", "property_key": "gap", "unit": "eV",
                                "task_type": "regression", "source_db": "t", "family": "band_gap",
                                "transform": "none"}}])
-        write_snapshot({str(workdir)!r}, "test", records, props)
+        from metalearn.layout import WorkDir
+        write_snapshot(WorkDir.resolve({str(work.root)!r}), "test", records, props)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -109,30 +110,30 @@ def test_killed_write_leaves_no_readable_snapshot(workdir):
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    assert latest_snapshot(workdir, "test") is None
-    leftovers = list((workdir / "raw" / "test").iterdir())
+    assert latest_snapshot(work, "test") is None
+    leftovers = list(work.raw("test").iterdir())
     assert leftovers and all(p.name.startswith(io.TMP_PREFIX) for p in leftovers)
-    assert io.clean_stale_tmp(workdir / "raw") >= 1
-    assert not list((workdir / "raw" / "test").iterdir())
+    assert io.clean_stale_tmp(work.raw_root()) >= 1
+    assert not list(work.raw("test").iterdir())
 
 
-def test_records_must_reference_known_datasets(workdir):
+def test_records_must_reference_known_datasets(work):
     with pytest.raises(ValueError, match="no property metadata"):
-        write_snapshot(workdir, "test", _records([("a", "other", None, "GaN", None, 1.0)]),
+        write_snapshot(work, "test", _records([("a", "other", None, "GaN", None, 1.0)]),
                        _properties(gap="regression"))
 
 
-def test_combine_snapshots_keeps_rows_and_quarantine_and_is_a_noop_when_unchanged(workdir):
+def test_combine_snapshots_keeps_rows_and_quarantine_and_is_a_noop_when_unchanged(work):
     from metalearn.ingest.snapshot import combine_snapshots
 
-    a = write_snapshot(workdir, "a", _records([("a1", "gap", None, "GaN", None, 3.0),
+    a = write_snapshot(work, "a", _records([("a1", "gap", None, "GaN", None, 3.0),
                                                ("a2", "gap", None, "Na(Cl", None, 1.0)]), _properties(gap="regression"))
-    b = write_snapshot(workdir, "b", _records([("b1", "metal", None, "Cu", None, 1.0)]),
+    b = write_snapshot(work, "b", _records([("b1", "metal", None, "Cu", None, 1.0)]),
                        _properties(metal="classification"))
-    combined = combine_snapshots(workdir, [a.path, b.path])
+    combined = combine_snapshots(work, [a.path, b.path])
     assert combined.created and combined.manifest.n_rows == 2 and combined.n_quarantined == 1
     assert set(read_table(combined.path, "records")[S.RECORD_ID]) == {"a1", "b1"}
     assert set(read_table(combined.path, "properties")[S.DATASET_ID]) == {"gap", "metal"}
     assert combined.manifest.inputs == {a.path.name: a.manifest.content_hash, b.path.name: b.manifest.content_hash}
-    again = combine_snapshots(workdir, [a.path, b.path])
+    again = combine_snapshots(work, [a.path, b.path])
     assert not again.created and again.path == combined.path

@@ -20,7 +20,7 @@ from metalearn.learn.learners import build_learner
 from metalearn.learn.sampling import TaskBatch, make_batch
 from metalearn.learn.train import CHECKPOINT, TrainConfig, meta_train
 
-F, T, K, Q = 4, 4, 6, 6
+F, T, N_SUPPORT, N_QUERY = 4, 4, 6, 6
 CFG = TrainConfig(
     max_steps=6,
     meta_batch_size=T,
@@ -50,13 +50,14 @@ class TinySampler:
 
     def batch(self, split: str, step: int) -> TaskBatch:
         rng = np.random.default_rng([["meta-train", "meta-val"].index(split), step])
-        x = rng.normal(size=(T, K + Q, F)).astype(np.float32)
+        x = rng.normal(size=(T, N_SUPPORT + N_QUERY, F)).astype(np.float32)
         slope = rng.uniform(0.5, 2.0, size=(T, 1))
         y = slope * np.sin(2 * x[..., 0]) + x[..., 1]
         if self.task_type == "classification":
             y = (y > 0).astype(np.float32)
         ids = tuple(f"{split}-{i}" for i in range(T))
-        return make_batch(x[:, :K], y[:, :K], x[:, K:], y[:, K:], ids, self.task_type)
+        s, q = slice(None, N_SUPPORT), slice(N_SUPPORT, None)
+        return make_batch(x[:, s], y[:, s], x[:, q], y[:, q], ids, self.task_type)
 
 
 class Killed(RuntimeError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metalearn import io
-from metalearn.learn.sampling import TaskSampler, draw_episode_rows, make_batch
+from metalearn.learn.sampling import TaskSampler, draw_batch_rows, draw_episode_rows, make_batch
 from metalearn.shards.store import read_index, read_task_rows
 
 
@@ -89,17 +89,17 @@ def test_missing_split_is_a_clear_error(small_shards):
         sampler.batch("meta-val", 0)
 
 
-def test_training_supports_skip_constant_targets_and_queries_are_clipped():
-    from metalearn.learn.sampling import Task
-
+def test_batch_supports_skip_constant_targets_and_queries_are_clipped():
     y = np.zeros(200)
     y[:30] = np.linspace(1.0, 3.0, 30)  # a metal-heavy band-gap-like task: 85% exact zeros
-    task = Task("t", np.zeros((200, 3), np.float32), y)
-    sampler = TaskSampler.__new__(TaskSampler)
-    sampler.n_support, sampler.n_query, sampler.task_type = 5, 10, "regression"
     rng = np.random.default_rng(0)
-    spreads = [np.std(y[sampler._draw(rng, task)[0]]) for _ in range(100)]
-    assert np.mean(np.array(spreads) > 0) > 0.95  # random 5-row draws are constant ~44% of the time
+
+    def varied(draw) -> float:
+        """Fraction of 100 five-row supports that are not constant."""
+        return float(np.mean([np.std(y[draw(rng, y, 5, 10, "regression")[0]]) > 0 for _ in range(100)]))
+
+    plain, redrawn = varied(draw_episode_rows), varied(draw_batch_rows)
+    assert plain < 0.8 and redrawn > 0.95  # plain draws are constant ~44% of the time
     batch = make_batch(np.zeros((1, 2, 1)), np.array([[0.0, 1e-9]]), np.zeros((1, 3, 1)),
                        np.array([[0.0, 5.0, -5.0]]), ("t",), "regression", clip=10.0)
     assert batch.y_query.abs().max() == 10.0

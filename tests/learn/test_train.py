@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.learn.learners.baselines import PretrainedRidge, SupportMean
+from metalearn.learn.learners.baselines import SupportMean
+from metalearn.learn.learners.pretrained import PretrainedRidge
 from metalearn.learn.sampling import TaskBatch, support_stats
 from metalearn.learn.train import CHECKPOINT, TrainConfig, TrainResult, meta_train
 
@@ -20,23 +21,22 @@ F = 3
 class SyntheticSampler:
     """``batch(split, step)`` deterministic in (seed, split, step), like the real TaskSampler."""
 
-    def __init__(self, seed: int = 0, n_tasks: int = 4, k: int = 5, q: int = 8) -> None:
-        self.seed, self.n_tasks, self.k, self.q = seed, n_tasks, k, q
+    def __init__(self, seed: int = 0, n_tasks: int = 4, n_support: int = 5, n_query: int = 8) -> None:
+        self.seed, self.n_tasks, self.n_support, self.n_query = seed, n_tasks, n_support, n_query
         self.calls = 0
 
     def batch(self, split: str, step: int) -> TaskBatch:
         self.calls += 1
         rng = np.random.default_rng([self.seed, ["meta-train", "meta-val"].index(split), step])
-        x = rng.normal(size=(self.n_tasks, self.k + self.q, F)).astype(np.float32)
+        x = rng.normal(size=(self.n_tasks, self.n_support + self.n_query, F)).astype(np.float32)
         scale = rng.uniform(0.5, 2.0, size=(self.n_tasks, 1))
         y = torch.from_numpy((scale * (np.sin(2 * x[..., 0]) + x[..., 1])).astype(np.float32))
-        mean, std = support_stats(y[:, : self.k])
+        s, q = slice(None, self.n_support), slice(self.n_support, None)
+        mean, std = support_stats(y[:, s])
         y = (y - mean[:, None]) / std[:, None]
         x = torch.from_numpy(x)
         ids = tuple(f"{split}-{i}" for i in rng.integers(0, 10, self.n_tasks))
-        return TaskBatch(
-            x[:, : self.k], y[:, : self.k], x[:, self.k :], y[:, self.k :], ids, y_mean=mean, y_std=std
-        )
+        return TaskBatch(x[:, s], y[:, s], x[:, q], y[:, q], ids, y_mean=mean, y_std=std)
 
 
 class TinyLearner:

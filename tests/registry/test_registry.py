@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ from metalearn import registry
 from metalearn.learn.train import TrainConfig
 from metalearn.registry import RegistryConfig
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "mpkey-" + "q7" * 13  # 32 characters, like a real MP key
+KS = (1, 5, 10)  # the gate compares at RegistryConfig's support size, whichever of these it is
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def store(tmp_path_factory):
 
 def log(store, name: str, metric_values: list[float], mean_values: list[float], seed: int = 0, **kwargs) -> dict:
     cfg = RegistryConfig(tracking_uri=store["uri"], model_name=name)
-    scores = scores_table({"metric": metric_values, "mean": mean_values})
+    scores = scores_table({"metric": metric_values, "mean": mean_values}, ks=KS)
     return registry.log_training_run(store["reg"], store["shards"], classifier=store["cls"], scores=scores,
                                      configs={"eval": {"seed": seed, "n_query": 16}}, cfg=cfg, **kwargs)
 
@@ -54,7 +57,7 @@ def test_run_records_params_curves_artifacts_lineage_and_no_secret(store, tmp_pa
         configs={"ingest": {"api_key": SECRET, "max_rows_per_dataset": 10}, "train": TrainConfig(max_steps=3),
                  "eval": {"seed": 0, "n_query": 16}},
         history=[{"step": 1, "train_loss": 1.0, "val_loss": 2.0}, {"step": 2, "train_loss": 0.5, "val_loss": 1.5}],
-        metrics={"best_val_loss": 1.5}, scores=scores_table({"metric": [0.5] * 4, "mean": [1.0] * 4}),
+        metrics={"best_val_loss": 1.5}, scores=scores_table({"metric": [0.5] * 4, "mean": [1.0] * 4}, ks=KS),
         report_files=[summary], manifests={"snapshot": snapshot})
 
     client = MlflowClient(store["uri"])
@@ -189,6 +192,7 @@ def test_champion_in_a_fresh_process_predicts_like_the_learner_in_process(store,
 
     regression = pd.read_csv(tmp_path / "regression.csv")
     assert list(regression.columns) == ["formula", "prediction", "uncertainty"] and list(regression["formula"]) == query
+    assert (tmp_path / "classification.csv").exists()
     expected = in_process(store, support + query, y_reg, len(support), "regression")
     np.testing.assert_allclose(regression[["prediction", "uncertainty"]].to_numpy(), expected.to_numpy(),
                                rtol=1e-5, atol=1e-6)
@@ -204,7 +208,7 @@ def test_champion_in_a_fresh_process_predicts_like_the_learner_in_process(store,
 def test_log_register_promote_and_load_through_a_tracking_server(store, tmp_path):
     with mlflow_server(tmp_path / "server") as url:
         cfg = RegistryConfig(tracking_uri=url, model_name="served")
-        scores = scores_table({"metric": [0.5] * 4, "mean": [1.0] * 4})
+        scores = scores_table({"metric": [0.5] * 4, "mean": [1.0] * 4}, ks=KS)
         first = registry.log_training_run(store["reg"], store["shards"], classifier=store["cls"], scores=scores,
                                           configs={"eval": {"seed": 0, "n_query": 16}}, cfg=cfg)
         assert registry.promote(None, cfg)["decision"] == "promoted"  # beats the mean baseline
@@ -223,19 +227,90 @@ def test_log_register_promote_and_load_through_a_tracking_server(store, tmp_path
         table = pd.DataFrame({"role": ["support"] * 4 + ["query"] * 2, "formula": formulas,
                               "target": [*y, np.nan, np.nan]})
         got = model.predict(table)
-        np.testing.assert_allclose(got.to_numpy(), in_process(store, formulas, y, 4, "regression").to_numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        assert list(got["formula"]) == formulas[4:]
+        np.testing.assert_allclose(got[["prediction", "uncertainty"]].to_numpy(),
+                                   in_process(store, formulas, y, 4, "regression").to_numpy(), rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "mlruns").exists()
 
 
 def test_tracking_block_leaves_the_environment_as_it_was(monkeypatch, tmp_path):
+    import mlflow
+
     from metalearn.registry import _tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with _tracking(f"sqlite:///{tmp_path / 'a.db'}"):
         pass
     assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'c.db'}")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'c.db'}"  # nothing left pinned (not ./mlflow.db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'b.db'}")
     with _tracking(f"sqlite:///{tmp_path / 'a.db'}"):
         pass
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'b.db'}"
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'b.db'}"
+
+
+@pytest.fixture(scope="module")
+def champion(store) -> dict:
+    name = "served-local"
+    log(store, name, [0.5] * 4, [1.0] * 4)
+    assert registry.promote(None, RegistryConfig(tracking_uri=store["uri"], model_name=name))["decision"] == "promoted"
+    return {"name": name, "uri": f"models:/{name}@champion", "tracking_uri": store["uri"]}
+
+
+def test_the_model_carries_its_code_featurizer_and_only_published_requirements(champion, tmp_path):
+    from metalearn.features.composition import composition_feature_names
+
+    path = registry.download_model(champion["uri"], champion["tracking_uri"], tmp_path / "model")
+    requirements = (path / "requirements.txt").read_text().split()
+    assert requirements and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", r) for r in requirements)
+    names = {r.split("==")[0].lower() for r in requirements}
+    assert "metalearn" not in names and {"torch", "mlflow", "pandas", "numpy", "pymatgen"} <= names
+    assert "matminer" not in names  # composition features only: the tables travel with the model
+    assert (path / "code" / "metalearn" / "predict" / "local_model.py").is_file()
+    assert not list((path / "code").rglob("__pycache__"))
+    assert {p.name for p in (path / "artifacts").iterdir()} >= {"featurizer.json", "featurizer_tables.npz"}
+    # The loaded model's feature names are the featurizer's (stored with the model, not recomputed).
+    with registry._tracking(champion["tracking_uri"]):
+        import mlflow
+
+        model = mlflow.pyfunc.load_model(str(path)).unwrap_python_model().model
+    assert model.predictor.feature_names == model.predictor.featurizer.feature_names == composition_feature_names()
+
+
+def test_bad_input_through_the_pyfunc_is_invalid_parameter_value(champion):
+    model = registry.load_model(champion["uri"], champion["tracking_uri"])
+    table = pd.DataFrame({"role": ["support"] * 3 + ["query"], "formula": ["Fe2O3", "NaCl", "MgO", "ZnO"],
+                          "target": [1.0, 2.0, np.nan, np.nan]})
+    with pytest.raises(MlflowException) as err:
+        model.predict(table)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert str(err.value.message) == "support row 3 (1-based): the target is missing; every support row needs one"
+    with pytest.raises(MlflowException, match=r"query row 1 \(1-based\): formula 'Og' cannot be used: missing_element"):
+        model.predict(table.assign(target=[1.0, 2.0, 3.0, np.nan], formula=["Fe2O3", "NaCl", "MgO", "Og"]))
+    with pytest.raises(MlflowException, match=r"task_type 'ranking' is not one of"):
+        model.predict(table.assign(target=[1.0, 2.0, 3.0, np.nan]), params={"task_type": "ranking"})
+
+
+def test_the_scoring_server_answers_400_with_the_reason_and_no_traceback(champion, tmp_path):
+    from registry_serving import invoke, model_server, table_payload
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion["tracking_uri"]}
+    with model_server(champion["uri"], Path(sys.executable).parent, env, tmp_path, tmp_path / "serve.log") as url:
+        support = [("Fe2O3", 1.5), ("NaCl", 0.2), ("MgO", 3.0), ("ZnO", 2.5)]
+        status, body = invoke(url, table_payload(support, ["GaAs", "LiF"]))
+        assert status == 200, body
+        rows = json.loads(body)["predictions"]
+        assert [r["formula"] for r in rows] == ["GaAs", "LiF"] and all(np.isfinite(r["prediction"]) for r in rows)
+        for bad, reason in ((table_payload(support, ["GaAs", "Og"]), "query row 2 (1-based): formula 'Og'"),
+                            (table_payload(support[:1] + [("NaCl0", 1.0)], ["GaAs"]),
+                             "support row 2 (1-based): formula 'NaCl0' cannot be used: unparseable_formula (zero amount of Cl"),
+                            (table_payload(support, ["=cmd()"]), "starts with '='"),
+                            (table_payload(support + [("NaCl", 9.0)], ["GaAs"]), "different target")):
+            status, body = invoke(url, bad)
+            assert status == 400, body
+            error = json.loads(body)
+            assert error["error_code"] == "INVALID_PARAMETER_VALUE" and reason in error["message"], error
+            assert "Traceback" not in body and "stack_trace" not in error and str(REPO_ROOT) not in body
+            assert "/tmp" not in error["message"].split("Error:")[-1]

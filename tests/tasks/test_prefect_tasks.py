@@ -14,8 +14,7 @@ from prefect.states import Failed
 from metalearn.ingest.mp import MPIngestError
 from tasks import ingest as ingest_tasks
 from tasks._common import artifact_key, manifest_cache_key, markdown_table
-from tasks.evaluate import headline_rows
-from tasks.register import choose_candidate
+from tasks.evaluate import summary_table
 
 
 def test_artifact_keys_are_what_prefect_accepts():
@@ -29,18 +28,12 @@ def test_markdown_table_escapes_pipes_and_formats_floats():
     assert markdown_table([]) == "_(none)_\n"
 
 
-def test_headline_rows_and_candidate_choice():
-    headline = {"meta-test-property.fomaml.k5.mae_mad_median": 0.9, "meta-test-property.fomaml.k5.mae_mad_mean": 1.0,
-                "meta-test-chemistry.fomaml.k5.mae_mad_median": 0.7,
-                "meta-test-property.metric.k5.mae_mad_median": 0.85, "meta-test-chemistry.metric.k5.mae_mad_median": 0.6}
-    rows = headline_rows(headline)
-    assert {"setting": "meta-test-property", "k": 5, "metric": "mae_mad", "learner": "fomaml",
-            "mean": 1.0, "median": 0.9} in rows
-    best, evidence = choose_candidate(headline, ["fomaml", "metric"], "mae_mad", 5)
-    assert best == "metric" and evidence["median_by_learner"]["fomaml"] == pytest.approx(0.8)
-    first, why = choose_candidate({}, ["fomaml", "metric"], "mae_mad", 5)
-    assert first == "fomaml" and "no mae_mad" in why["reason"]
-
+def test_summary_table_shows_n_support_and_rounds():
+    rows = [{"setting": "meta-test-property", "learner": "fomaml", "k": 5, "metric": "mae_mad", "n_tasks": 3,
+             "mean": 1.0000001234, "median": 0.9, "median_lo": 0.8, "median_hi": 1.1, "win_rate_vs_mean": 0.5}]
+    table = summary_table(rows)
+    assert table == [{"setting": "meta-test-property", "n_support": 5, "metric": "mae_mad", "learner": "fomaml",
+                      "n_tasks": 3, "mean": 1.0, "median": 0.9, "median_lo": 0.8, "median_hi": 1.1}]
 
 def _snapshot(tmp_path: Path, content_hash: str) -> Path:
     from metalearn import io
@@ -68,9 +61,9 @@ def test_manifest_cache_key_follows_content_not_timestamps(tmp_path):
 
 
 @pytest.mark.parametrize(("exc", "transient"), [
-    (MPIngestError("fetch: cannot reach the API after 3 retries: ConnectionError"), True),
-    (MPIngestError("list: HTTP 503 persisted after 3 retries with exponential backoff (retry budget exhausted)"), True),
-    (MPIngestError("fetch: the API answered HTTP 502: ..."), True),
+    (MPIngestError("fetch: cannot reach the API after 3 retries: ConnectionError", transient=True), True),
+    (MPIngestError("list: HTTP 503 persisted after 3 retries (retry budget exhausted)", transient=True), True),
+    (MPIngestError("fetch: HTTP 503 persisted (the message alone decides nothing)"), False),
     (MPIngestError("no Materials Project API key: pass api_key=... or set MP_API_KEY"), False),
     (MPIngestError("list: the Materials Project API rejected the API key (HTTP 401)"), False),
     (ValueError("unknown source 'x'"), False),

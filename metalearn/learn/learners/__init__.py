@@ -2,11 +2,13 @@
 
 ``LEARNERS`` maps a name (CLI flag, MLflow param) to a builder ``(n_features, task_type, **overrides)``.
 A preset pins the fields that define it (``fomaml`` is MAML with ``first_order=True``); other
-overrides are hyperparameters of the learner's config and an unknown key raises ``TypeError``.
-The baselines live in ``baselines.py`` and are imported only when built (scikit-learn is slow to import).
+overrides are hyperparameters of the learner's config and an unknown key raises ``TypeError``
+(:func:`check_hyperparams` raises the same without building anything heavy). The baselines'
+classes are their own builders.
 
-Saved learners (``save_learner``) hold ``{"name", "state"}``; ``state`` carries ``n_features``,
-``task_type`` and ``hyperparams`` so :func:`load_learner` can rebuild through the factory.
+Saved learners (:func:`save_learner`) hold ``{"name", "state"}``; ``state`` carries ``n_features``,
+``task_type`` and ``hyperparams`` so :func:`load_learner` can rebuild through the factory. Why
+saving lives here and not on the learner: loading needs the factory, which imports every learner.
 
 Example:
     >>> learner = build_learner("fomaml", n_features=132, task_type="regression", inner_steps=3)
@@ -16,66 +18,114 @@ Example:
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metalearn.learn.learners.base import Learner, Prediction, save_learner
+from metalearn.io import write_bytes_atomic
+from metalearn.learn.learners.base import Learner
+from metalearn.learn.learners.baselines import BASELINES
 from metalearn.learn.learners.maml import MAML, MAMLConfig
 from metalearn.learn.learners.metric import MetricConfig, MetricGP
 from metalearn.learn.learners.protonet import ProtoNet, ProtoNetConfig
+from metalearn.learn.learners.transfer_heads import MetaTransferHead, TransferHead
 
 Builder = Callable[..., Learner]
 
 
-def _preset(cls: type, config: type, name: str, **pinned: Any) -> Builder:
-    def build(n_features: int, task_type: str, **overrides: Any) -> Learner:
-        clash = {k: v for k, v in overrides.items() if k in pinned and v != pinned[k]}
+@dataclass(frozen=True)
+class Preset:
+    """A meta-learner class with its config dataclass and the config fields that define the preset."""
+
+    cls: type
+    config: type
+    name: str
+    pinned: dict[str, Any] = field(default_factory=dict)
+
+    def make_config(self, overrides: dict[str, Any]) -> Any:
+        """The preset's config with ``overrides``; unknown keys raise TypeError, bad values ValueError."""
+        clash = {k: v for k, v in overrides.items() if k in self.pinned and v != self.pinned[k]}
         if clash:
-            raise ValueError(f"preset {name!r} fixes {pinned}; got conflicting overrides {clash}")
-        return cls(n_features, task_type, config(**{**overrides, **pinned}))
+            raise ValueError(f"preset {self.name!r} fixes {self.pinned}; got conflicting overrides {clash}")
+        return self.config(**{**overrides, **self.pinned})
 
-    return build
+    def __call__(self, n_features: int, task_type: str, **overrides: Any) -> Learner:
+        return self.cls(n_features, task_type, self.make_config(overrides))
 
 
-def _baseline(class_name: str) -> Builder:
-    def build(n_features: int, task_type: str, **hyperparams: Any) -> Learner:
-        from metalearn.learn.learners import baselines
+@dataclass(frozen=True)
+class Head:
+    """A few-shot head on the representation, with the hyperparameters that define the preset."""
 
-        return getattr(baselines, class_name)(n_features, task_type, **hyperparams)
+    cls: type
+    pinned: dict[str, Any] = field(default_factory=dict)
 
-    return build
+    def __call__(self, n_features: int, task_type: str, **overrides: Any) -> Learner:
+        clash = {k: v for k, v in overrides.items() if k in self.pinned and v != self.pinned[k]}
+        if clash:
+            raise ValueError(f"this preset fixes {self.pinned}; got conflicting overrides {clash}")
+        return self.cls(n_features, task_type, **{**overrides, **self.pinned})
 
 
 LEARNERS: dict[str, Builder] = {
-    "maml": _preset(MAML, MAMLConfig, "maml", algorithm="maml", first_order=False),
-    "fomaml": _preset(MAML, MAMLConfig, "fomaml", algorithm="maml", first_order=True),
-    "metasgd": _preset(MAML, MAMLConfig, "metasgd", algorithm="metasgd"),
-    "anil": _preset(MAML, MAMLConfig, "anil", algorithm="anil"),
-    "protonet": _preset(ProtoNet, ProtoNetConfig, "protonet"),
-    "metric": _preset(MetricGP, MetricConfig, "metric"),
-    "mean": _baseline("SupportMean"),
-    "knn": _baseline("KNNBaseline"),
-    "rf": _baseline("RandomForestBaseline"),
-    "mlp": _baseline("ScratchMLP"),
-    "pretrained_ridge": _baseline("PretrainedRidge"),
+    "maml": Preset(MAML, MAMLConfig, "maml", {"variant": "maml", "first_order": False}),
+    "fomaml": Preset(MAML, MAMLConfig, "fomaml", {"variant": "maml", "first_order": True}),
+    "metasgd": Preset(MAML, MAMLConfig, "metasgd", {"variant": "metasgd"}),
+    "anil": Preset(MAML, MAMLConfig, "anil", {"variant": "anil"}),
+    "protonet": Preset(ProtoNet, ProtoNetConfig, "protonet"),
+    "metric": Preset(MetricGP, MetricConfig, "metric"),
+    **BASELINES,  # Cls(n_features, task_type, **hyperparams)
+    # Few-shot heads on the transfer representation (inputs: metalearn.represent vectors).
+    **{f"transfer_{head}": Head(TransferHead, {"head": head}) for head in ("ridge", "huber", "gp", "knn", "auto")},
+    "meta_transfer": Head(MetaTransferHead, {}),
 }
+
+# Learners whose inputs are the transfer representation's vectors, not the composition features.
+REPRESENTATION_LEARNERS = frozenset(name for name, b in LEARNERS.items() if isinstance(b, Head))
+
+
+def _builder(name: str) -> Builder:
+    try:
+        return LEARNERS[name]
+    except KeyError:
+        raise ValueError(f"unknown learner {name!r}; valid names: {sorted(LEARNERS)}") from None
 
 
 def build_learner(name: str, n_features: int, task_type: str, **overrides: Any) -> Learner:
     """Build the learner ``name`` for inputs of width ``n_features``; overrides are config fields."""
-    try:
-        builder = LEARNERS[name]
-    except KeyError:
-        raise ValueError(f"unknown learner {name!r}; valid names: {sorted(LEARNERS)}") from None
-    return builder(n_features, task_type, **overrides)
+    return _builder(name)(n_features, task_type, **overrides)
+
+
+def check_hyperparams(name: str, hyperparams: dict[str, Any]) -> None:
+    """Raise as :func:`build_learner` would for these hyperparameters, before any data exists.
+
+    Why: a run should fail on a typo'd key at once, not after ingest and featurization. A preset's
+    config is built without its network; a baseline is built on one feature (cheap, no fitting).
+
+    Raises:
+        ValueError for an unknown name or a bad value; TypeError for an unknown key.
+    """
+    builder = _builder(name)
+    if isinstance(builder, Preset):
+        builder.make_config(dict(hyperparams))
+    else:
+        builder(1, "regression", **hyperparams)
+
+
+def save_learner(learner: Learner, path: str | Path) -> None:
+    """Save via torch.save of the learner's state_dict (weights + config, no pickled classes)."""
+    buffer = io.BytesIO()
+    torch.save({"name": learner.name, "state": learner.state_dict()}, buffer)
+    write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def load_learner(path: str | Path, *, trusted: bool = False, **overrides: Any) -> Learner:
-    """Rebuild a learner saved by ``save_learner``: factory(name, n_features, task_type, **hyperparams).
+    """Rebuild a learner saved by :func:`save_learner`: factory(name, n_features, task_type, **hyperparams).
 
     Args:
         path: file written by ``save_learner``.
@@ -100,6 +150,3 @@ def load_learner(path: str | Path, *, trusted: bool = False, **overrides: Any) -
     learner = build_learner(blob["name"], state["n_features"], state["task_type"], **hyperparams)
     learner.load_state_dict(state)
     return learner
-
-
-__all__ = ["LEARNERS", "Learner", "Prediction", "build_learner", "load_learner", "save_learner"]

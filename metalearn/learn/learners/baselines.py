@@ -1,7 +1,7 @@
-"""Baselines a meta-learner must beat, each fitted on the same k support rows only.
+"""Baselines a meta-learner must beat, each fitted on the same n_support support rows only.
 
 ``SupportMean`` is the floor; ``KNNBaseline``, ``RandomForestBaseline`` and ``ScratchMLP`` ask
-"does a plain model on k rows already do as well?"; ``PretrainedRidge`` (in
+"does a plain model on n_support rows already do as well?"; ``PretrainedRidge`` (in
 :mod:`metalearn.learn.learners.pretrained`) asks "is meta-training necessary, or is a multitask-pretrained
 encoder plus a linear probe enough?".
 
@@ -10,10 +10,13 @@ normalised with support statistics (evaluate.py does that); classification targe
 predictions are P(y=1). The support-only baselines have ``meta_trainable = False``: their
 ``meta_train_step`` raises, and :func:`metalearn.learn.train.meta_train` returns at once for them.
 
+scikit-learn is imported inside ``adapt``: it takes about a second to import, and building the
+learner factory (every CLI call, every Prefect task) should not pay for it unless a baseline fits.
+
 Example:
     >>> rf = RandomForestBaseline(n_features=8, task_type="regression", n_estimators=50)
-    >>> state = rf.adapt(x_support, y_support)    # (k, F), (k,)
-    >>> rf.predict(state, x_query).mean.shape     # (q,)
+    >>> state = rf.adapt(x_support, y_support)    # (n_support, F), (n_support,)
+    >>> rf.predict(state, x_query).mean.shape     # (n_query,)
 """
 
 from __future__ import annotations
@@ -22,22 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.neighbors import KNeighborsRegressor
 
 from metalearn.learn.learners.base import Prediction
 from metalearn.learn.learners.episodes import check_task_type, episode_loss, to_numpy
+from metalearn.learn.learners.neural import seeded
 from metalearn.learn.learners.pretrained import PretrainedRidge
 from metalearn.learn.sampling import TaskBatch
-
-__all__ = [
-    "BASELINES",
-    "KNNBaseline",
-    "PretrainedRidge",
-    "RandomForestBaseline",
-    "ScratchMLP",
-    "SupportMean",
-]
 
 
 class _SupportOnly:
@@ -75,11 +68,13 @@ class _SupportOnly:
     def _check(self, x_support: torch.Tensor, y_support: torch.Tensor) -> None:
         if x_support.ndim != 2 or x_support.shape[1] != self.n_features:
             raise ValueError(
-                f"{self.name}: x_support has shape {tuple(x_support.shape)}; need (k, {self.n_features})"
+                f"{self.name}: x_support has shape {tuple(x_support.shape)}; "
+                f"need (n_support, {self.n_features})"
             )
         if y_support.shape != x_support.shape[:1] or x_support.shape[0] == 0:
             raise ValueError(
-                f"{self.name}: y_support has shape {tuple(y_support.shape)}; need ({x_support.shape[0]},) with k >= 1"
+                f"{self.name}: y_support has shape {tuple(y_support.shape)}; "
+                f"need ({x_support.shape[0]},) with n_support >= 1"
             )
 
 
@@ -101,11 +96,22 @@ class SupportMean(_SupportOnly):
         return Prediction(mean=out, std=spread if self.task_type == "regression" else None)
 
 
+class SupportMedian(SupportMean):
+    """Predict the support median: what minimises MAE when nothing else is known (heavy tails)."""
+
+    name = "median"
+
+    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> tuple[float, float]:
+        self._check(x_support, y_support)
+        y = to_numpy(y_support)
+        return float(np.median(y)), float(np.std(y))
+
+
 class KNNBaseline(_SupportOnly):
     """k-nearest-neighbour average of support targets (0/1 targets average to P(y=1)).
 
     Args:
-        n_neighbors: neighbours to average; capped at the support size k.
+        n_neighbors: neighbours to average; capped at the support size n_support.
         weights: "distance" (inverse distance; exact matches win) or "uniform".
     """
 
@@ -116,13 +122,15 @@ class KNNBaseline(_SupportOnly):
     ) -> None:
         super().__init__(n_features, task_type, n_neighbors=int(n_neighbors), weights=weights)
 
-    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> KNeighborsRegressor:
+    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> Any:
+        from sklearn.neighbors import KNeighborsRegressor  # deferred: see the module docstring
+
         self._check(x_support, y_support)
         n_neighbors = min(self.hyperparams["n_neighbors"], x_support.shape[0])
         model = KNeighborsRegressor(n_neighbors=n_neighbors, weights=self.hyperparams["weights"])
         return model.fit(to_numpy(x_support), to_numpy(y_support))
 
-    def predict(self, state: KNeighborsRegressor, x_query: torch.Tensor) -> Prediction:
+    def predict(self, state: Any, x_query: torch.Tensor) -> Prediction:
         mean = state.predict(to_numpy(x_query))
         return Prediction(mean=torch.as_tensor(mean, dtype=torch.float32, device=x_query.device))
 
@@ -130,7 +138,7 @@ class KNNBaseline(_SupportOnly):
 class RandomForestBaseline(_SupportOnly):
     """scikit-learn random forest on the support rows; regression std is the spread over trees.
 
-    k=1 and single-class supports cannot split, so they predict the support constant.
+    n_support=1 and single-class supports cannot split, so they predict the support constant.
     """
 
     name = "rf"
@@ -158,6 +166,9 @@ class RandomForestBaseline(_SupportOnly):
         x, y = to_numpy(x_support), to_numpy(y_support)
         if len(np.unique(y)) < 2:  # nothing to split on: the constant is the exact fit
             return float(y[0])
+        # deferred: see the module docstring
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
         h = self.hyperparams
         cls = RandomForestRegressor if self.task_type == "regression" else RandomForestClassifier
         model = cls(
@@ -178,7 +189,7 @@ class RandomForestBaseline(_SupportOnly):
         if self.task_type == "classification":
             proba = state.predict_proba(x)[:, list(state.classes_).index(1)]
             return Prediction(mean=torch.as_tensor(proba, dtype=torch.float32, device=device))
-        per_tree = np.stack([tree.predict(x) for tree in state.estimators_])  # (n_estimators, q)
+        per_tree = np.stack([tree.predict(x) for tree in state.estimators_])  # (n_estimators, n_query)
         return Prediction(
             mean=torch.as_tensor(per_tree.mean(0), dtype=torch.float32, device=device),
             std=torch.as_tensor(per_tree.std(0), dtype=torch.float32, device=device),
@@ -225,10 +236,7 @@ class ScratchMLP(_SupportOnly):
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> torch.nn.Sequential:
         self._check(x_support, y_support)
         h = self.hyperparams
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-            torch.manual_seed(h["seed"])
-            net = self._net()
-        net = net.to(x_support.device)
+        net = seeded(h["seed"], self._net).to(x_support.device)
         x, y = x_support.detach().float(), y_support.detach().float()
         loss_fn = torch.nn.MSELoss() if self.task_type == "regression" else torch.nn.BCEWithLogitsLoss()
         opt = torch.optim.Adam(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
@@ -248,6 +256,7 @@ class ScratchMLP(_SupportOnly):
 # name -> class, for build_learner; every constructor is Cls(n_features, task_type, **hyperparams).
 BASELINES: dict[str, type] = {
     "mean": SupportMean,
+    "median": SupportMedian,
     "knn": KNNBaseline,
     "rf": RandomForestBaseline,
     "mlp": ScratchMLP,

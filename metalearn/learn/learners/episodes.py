@@ -1,7 +1,8 @@
-"""Small helpers shared by learners that adapt one episode at a time (the baselines).
+"""Small helpers every learner may use: the task-type check, NumPy conversion, per-episode losses.
 
 ``episode_loss`` is the reference meta-val loss: adapt on each support set, score the query set.
-Learners with a vectorised fast path (MAML over vmap) should agree with it.
+The baselines use it directly; learners with a vectorised fast path (MAML over vmap) should agree
+with it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 
 from metalearn.learn.sampling import TaskBatch
+from metalearn.schema import TASK_TYPES
 
-TASK_TYPES = ("regression", "classification")
 PROB_EPS = 1e-6  # keeps the log-loss finite when a learner predicts exactly 0 or 1
 
 
@@ -32,7 +33,7 @@ def query_loss(pred: torch.Tensor, y: torch.Tensor, task_type: str) -> torch.Ten
     """MSE for regression (normalised targets), binary cross-entropy on P(y=1) for classification.
 
     Args:
-        pred: (q,) predictions; y: (q,) targets.
+        pred: (n_query,) predictions; y: (n_query,) targets.
     """
     pred, y = pred.float(), y.float().to(pred.device)
     if task_type == "regression":
@@ -46,7 +47,8 @@ def episode_loss(learner: Any, batch: TaskBatch) -> float:
 
     Args:
         learner: anything with ``adapt``/``predict``/``task_type`` (the Learner protocol).
-        batch: x_support (T, k, F), y_support (T, k), x_query (T, q, F), y_query (T, q).
+        batch: x_support (T, n_support, F), y_support (T, n_support), x_query (T, n_query, F),
+            y_query (T, n_query).
     """
     if batch.task_type != learner.task_type:
         raise ValueError(f"{learner.name!r} is a {learner.task_type} learner; batch is {batch.task_type}")

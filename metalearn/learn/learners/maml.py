@@ -1,8 +1,7 @@
 """The MAML-family learner: ``MAMLConfig`` and the ``MAML`` class (optimiser, device, state).
 
-The maths lives in ``maml_functional.py`` as pure torch.func functions (``task_loss``,
-``inner_adapt``, ``query_losses``, ``meta_gradients``); they are re-exported here so
-``from metalearn.learn.learners.maml import query_losses`` keeps working. Variants (``MAMLConfig.algorithm``):
+The maths lives in ``maml_functional.py`` as pure torch.func functions. Variants
+(``MAMLConfig.variant``):
 
 - ``"maml"``: all parameters adapted with one scalar inner lr (``first_order=True`` is FOMAML);
 - ``"metasgd"``: a learned inner lr per parameter element (Li et al. 2017);
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,26 +22,28 @@ from torch import nn
 from torch.func import functional_call
 
 from metalearn.learn.learners.base import Prediction
-from metalearn.learn.learners.maml_functional import (
-    Params,
-    inner_adapt,
-    meta_gradients,
-    query_losses,
-    task_loss,
+from metalearn.learn.learners.episodes import check_task_type
+from metalearn.learn.learners.maml_functional import Params, Rates, inner_adapt, meta_gradients, query_losses
+from metalearn.learn.learners.neural import (
+    adamw,
+    amp_autocast,
+    load_state,
+    resolve_device,
+    save_state,
+    seeded,
 )
-from metalearn.learn.models import MLP, head_keys, param_dict, resolve_device, seeded_module
+from metalearn.learn.models import MLP, head_keys, param_dict
 from metalearn.learn.sampling import TaskBatch
 
-ALGORITHMS = ("maml", "metasgd", "anil")
-TASK_TYPES = ("regression", "classification")
+VARIANTS = ("maml", "metasgd", "anil")
 
 
 @dataclass(frozen=True)
 class MAMLConfig:
     """Hyperparameters of the MAML family; every field is JSON-able (MLflow params, CLI flags)."""
 
-    algorithm: str = "maml"  # "maml" | "metasgd" | "anil"
-    first_order: bool = False  # drop second-order terms (FOMAML when algorithm="maml")
+    variant: str = "maml"  # "maml" | "metasgd" | "anil"
+    first_order: bool = False  # drop second-order terms (FOMAML when variant="maml")
     inner_steps: int = 10  # 10 x 0.05 chosen on meta-val (bench/RESULTS.md, tuning)
     inner_lr: float = 0.05  # Meta-SGD: the initial value of every learned lr
     test_inner_steps: int | None = None  # adaptation steps at test time; None -> inner_steps
@@ -54,30 +55,15 @@ class MAMLConfig:
     layer_norm: bool = False
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    bf16: bool = False  # bf16 autocast for the forward passes; CUDA only (ignored on CPU)
+    amp: bool = False  # bfloat16 autocast for the forward passes; CUDA only (ignored on CPU)
     compile: bool = False  # torch.compile the meta-batch loss; falls back to eager if it fails
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))  # lists from JSON
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown MAML algorithm {self.algorithm!r}; expected one of {ALGORITHMS}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown MAML variant {self.variant!r}; expected one of {VARIANTS}")
         if self.inner_steps < 0 or (self.test_inner_steps is not None and self.test_inner_steps < 0):
             raise ValueError(f"inner steps must be >= 0; got {self.inner_steps}, {self.test_inner_steps}")
-
-
-def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with its state tensors copied to CPU.
-
-    Why a copy: ``state_dict()`` returns the live moment tensors, which the next step updates in
-    place; a saved snapshot must not change afterwards. ``Optimizer.load_state_dict`` casts them
-    back to each parameter's device (a fused optimiser's ``step`` included).
-    """
-    saved = optimizer.state_dict()
-    saved["state"] = {
-        i: {k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v) for k, v in s.items()}
-        for i, s in saved["state"].items()
-    }
-    return saved
 
 
 def _tensors(b: TaskBatch) -> tuple[torch.Tensor, ...]:
@@ -89,9 +75,9 @@ class MAML:
 
     Example:
         >>> learner = MAML(132, "regression", MAMLConfig(inner_steps=5))
-        >>> logs = learner.meta_train_step(batch)                  # batch: TaskBatch (T, k, F)
-        >>> params = learner.adapt(x_support, y_support)          # (k, F), (k,)
-        >>> learner.predict(params, x_query).mean.shape           # (q,)
+        >>> logs = learner.meta_train_step(batch)          # batch: TaskBatch (T, n_support, F)
+        >>> params = learner.adapt(x_support, y_support)   # (n_support, F), (n_support,)
+        >>> learner.predict(params, x_query).mean.shape    # (n_query,)
     """
 
     meta_trainable = True
@@ -99,34 +85,35 @@ class MAML:
     def __init__(
         self, n_features: int, task_type: str = "regression", cfg: MAMLConfig = MAMLConfig()
     ) -> None:
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"unknown task_type {task_type!r}; expected one of {TASK_TYPES}")
-        self.n_features, self.task_type, self.cfg = int(n_features), task_type, cfg
+        self.n_features, self.task_type, self.cfg = int(n_features), check_task_type(task_type), cfg
         self.device = resolve_device(cfg.device)
-        self.model = seeded_module(
+        self.model = seeded(
             cfg.seed, lambda: MLP(n_features, cfg.hidden, 1, cfg.dropout, cfg.layer_norm)
         ).to(self.device)
         params = param_dict(self.model)
-        keys = head_keys(params) if cfg.algorithm == "anil" else tuple(params)
+        keys = head_keys(params) if cfg.variant == "anil" else tuple(params)
         # Meta-SGD learns one lr per parameter element; the others use a fixed scalar.
-        learned = cfg.algorithm == "metasgd"
-        self.lrs: dict[str, torch.Tensor | float] = {
+        learned = cfg.variant == "metasgd"
+        self.lrs: Rates = {
             k: nn.Parameter(torch.full_like(params[k], cfg.inner_lr)) if learned else cfg.inner_lr
             for k in keys
         }
-        groups = [{"params": list(self.model.parameters()), "weight_decay": cfg.weight_decay}]
-        if learned:
-            groups.append({"params": list(self.lrs.values()), "weight_decay": 0.0})
         # fused: one kernel for all parameters; at ~5 ms per meta-step the foreach loop's overhead shows.
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.outer_lr, fused=True)
+        self.optimizer = adamw(
+            self.model.parameters(),
+            self.lrs.values() if learned else (),
+            lr=cfg.outer_lr,
+            weight_decay=cfg.weight_decay,
+            fused=True,
+        )
         # compile: the one-graph torch.func meta-gradient; eager: autograd through query_losses (faster eager).
         self._grads_fn = self._build_grads_fn() if cfg.compile else None
 
     @property
     def name(self) -> str:
-        if self.cfg.algorithm == "maml":
+        if self.cfg.variant == "maml":
             return "fomaml" if self.cfg.first_order else "maml"
-        return self.cfg.algorithm
+        return self.cfg.variant
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -139,7 +126,7 @@ class MAML:
     def _build_grads_fn(self) -> Callable[..., tuple[Params, Params, torch.Tensor]]:
         """:func:`meta_gradients` under torch.compile, falling back to eager if compilation fails."""
 
-        def eager(params: Params, lrs: dict, *tensors: torch.Tensor) -> tuple[Params, Params, torch.Tensor]:
+        def eager(params: Params, lrs: Rates, *tensors: torch.Tensor) -> tuple[Params, Params, torch.Tensor]:
             return meta_gradients(self.model, params, lrs, *tensors, **self._kwargs())
 
         compiled = torch.compile(eager)
@@ -158,15 +145,13 @@ class MAML:
 
         return guarded
 
-    def _frozen(self) -> tuple[Params, dict[str, torch.Tensor | float]]:
+    def _frozen(self) -> tuple[Params, Rates]:
         """Detached parameters and lrs: inputs for torch.func transforms that own the gradient."""
         lrs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in self.lrs.items()}
         return {k: p.detach() for k, p in self.model.named_parameters()}, lrs
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"
-        )
+        return amp_autocast(self.device, self.cfg.amp)
 
     def _batch_losses(self, batch: TaskBatch) -> torch.Tensor:
         """(T,) query losses of a meta-batch, differentiable by autograd (the eager training path)."""
@@ -205,7 +190,7 @@ class MAML:
             return float(self._batch_losses(batch).mean())
 
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> Params:
-        """x_support (k, F), y_support (k,) -> adapted parameters (detached, on the learner's device)."""
+        """x_support (n_support, F), y_support (n_support,) -> adapted params (detached, on the device)."""
         self.model.eval()
         steps = self.cfg.inner_steps if self.cfg.test_inner_steps is None else self.cfg.test_inner_steps
         params, lrs = self._frozen()
@@ -217,7 +202,7 @@ class MAML:
         return {k: v.detach() for k, v in fast.items()}
 
     def predict(self, state: Params, x_query: torch.Tensor) -> Prediction:
-        """x_query (q, F) -> Prediction(mean (q,)) on CPU; classification mean is P(y=1)."""
+        """x_query (n_query, F) -> Prediction(mean (n_query,)) on CPU; classification mean is P(y=1)."""
         self.model.eval()
         with torch.no_grad(), self._autocast():
             out = (
@@ -232,43 +217,17 @@ class MAML:
     def state_dict(self) -> dict[str, Any]:
         """Weights, learned lrs, optimiser state and hyperparameters, as plain containers on CPU.
 
-        Why the optimiser: ``meta_train`` resumes from this dict, and AdamW moments that restart
-        at zero would make a resumed run drift from the uninterrupted one. Meta-SGD's lrs are the
-        optimiser's second param group, so their moments are in here too.
+        Meta-SGD's lrs are the optimiser's second param group, so their moments are in here too.
         """
-        return {
-            "n_features": self.n_features,
-            "task_type": self.task_type,
-            "hyperparams": {**asdict(self.cfg), "hidden": list(self.cfg.hidden)},
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "lrs": {
-                k: (v.detach().cpu() if isinstance(v, torch.Tensor) else float(v))
-                for k, v in self.lrs.items()
-            },
-            "optimizer": optimizer_state_cpu(self.optimizer),
-        }
+        lrs = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else float(v) for k, v in self.lrs.items()}
+        return save_state(self.n_features, self.task_type, self.cfg, self.model, self.optimizer, lrs=lrs)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load in place (the optimiser and a compiled step keep their tensors); the optimiser only if saved."""
-        self.model.load_state_dict(state["model"])
+        """Load in place (the optimiser and a compiled step keep their tensors); the optimiser if saved."""
         with torch.no_grad():
             for k, v in state["lrs"].items():
                 if isinstance(self.lrs[k], torch.Tensor):
                     self.lrs[k].copy_(v)
                 else:
                     self.lrs[k] = float(v)
-        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
-            self.optimizer.load_state_dict(state["optimizer"])
-
-
-__all__ = [
-    "ALGORITHMS",
-    "MAML",
-    "MAMLConfig",
-    "Params",
-    "inner_adapt",
-    "meta_gradients",
-    "optimizer_state_cpu",
-    "query_losses",
-    "task_loss",
-]
+        load_state(state, self.model, self.optimizer)

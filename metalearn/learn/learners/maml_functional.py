@@ -1,10 +1,10 @@
 """The MAML family as pure functions of (params, tensors): no optimiser, no learner state.
 
 One ``task_loss``; ``inner_adapt`` takes ``torch.func.grad`` steps on the support loss;
-``query_losses`` ``vmap``s adaptation + query loss over the T tasks of a meta-batch, and
-``meta_gradients`` does the same with the outer gradient as a ``grad`` transform too (the
-torch.compile path). Why a separate module: these are what the tests check against a plain
-autograd loop and what benchmarks time, independent of the ``MAML`` learner in ``maml.py``.
+``adapted_query_loss`` is one task's query loss after adaptation. ``query_losses`` ``vmap``s it over
+the T tasks of a meta-batch, and ``meta_gradients`` ``vmap``s its ``grad`` (the outer gradient as
+a transform too: the torch.compile path). Why a separate module: these are what the tests check
+against a plain autograd loop and what benchmarks time, independent of the ``MAML`` learner.
 Second order comes for free from nesting the transforms; first order is a ``detach`` of the
 inner gradients.
 """
@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 Params = dict[str, torch.Tensor]
+Rates = dict[str, torch.Tensor | float]  # inner lr per adapted key: a scalar, or per element (Meta-SGD)
 
 
 def task_loss(
@@ -41,15 +42,15 @@ def _partial_loss(
 def inner_adapt(
     model: nn.Module,
     params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
+    lrs: Rates,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
     *,
     task_type: str,
     steps: int,
     first_order: bool = False,
 ) -> Params:
-    """``steps`` gradient steps on the support loss: x_s (k, F), y_s (k,) -> adapted params.
+    """``steps`` gradient steps on the support loss of x_support (n_support, F), y_support (n_support,).
 
     Only the keys of ``lrs`` are adapted (all of them for MAML, the head for ANIL); a value is a
     scalar lr or a tensor shaped like its parameter (Meta-SGD).
@@ -57,7 +58,7 @@ def inner_adapt(
     fast = dict(params)
     for _ in range(steps):
         adapted = {k: fast[k] for k in lrs}
-        grads = grad(_partial_loss)(adapted, fast, model, x_s, y_s, task_type)
+        grads = grad(_partial_loss)(adapted, fast, model, x_support, y_support, task_type)
         if first_order:
             # Why detach: the outer gradient then treats the inner gradient as a constant (FOMAML).
             grads = {k: g.detach() for k, g in grads.items()}
@@ -65,47 +66,66 @@ def inner_adapt(
     return fast
 
 
+def adapted_query_loss(
+    model: nn.Module,
+    params: Params,
+    lrs: Rates,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    x_query: torch.Tensor,
+    y_query: torch.Tensor,
+    *,
+    task_type: str,
+    steps: int,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """One task: adapt on (n_support, F), (n_support,); score (n_query, F), (n_query,) -> scalar loss."""
+    fast = inner_adapt(
+        model, params, lrs, x_support, y_support, task_type=task_type, steps=steps, first_order=first_order
+    )
+    return task_loss(model, fast, x_query, y_query, task_type)
+
+
 def query_losses(
     model: nn.Module,
     params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
-    x_q: torch.Tensor,
-    y_q: torch.Tensor,
+    lrs: Rates,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    x_query: torch.Tensor,
+    y_query: torch.Tensor,
     *,
     task_type: str,
     steps: int,
     first_order: bool = False,
     randomness: str = "error",
 ) -> torch.Tensor:
-    """Adapt on each task's support set, score its query set, all tasks at once.
+    """:func:`adapted_query_loss` of every task at once.
 
     Args:
-        x_s (T, k, F), y_s (T, k), x_q (T, q, F), y_q (T, q).
+        x_support (T, n_support, F), y_support (T, n_support), x_query (T, n_query, F), y_query (T, n_query).
         randomness: ``vmap`` randomness; "different" when the model has dropout.
 
     Returns:
         (T,) query loss per task, differentiable w.r.t. ``params`` and tensor ``lrs``.
     """
 
-    def one_task(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
-        fast = inner_adapt(
-            model, params, lrs, xs, ys, task_type=task_type, steps=steps, first_order=first_order
+    def one_task(*task: torch.Tensor) -> torch.Tensor:
+        return adapted_query_loss(
+            model, params, lrs, *task, task_type=task_type, steps=steps, first_order=first_order
         )
-        return task_loss(model, fast, xq, yq, task_type)
 
-    return vmap(one_task, randomness=randomness)(x_s, y_s, x_q, y_q)
+    return vmap(one_task, randomness=randomness)(x_support, y_support, x_query, y_query)
 
 
 def meta_gradients(
     model: nn.Module,
     params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    x_s: torch.Tensor,
-    y_s: torch.Tensor,
-    x_q: torch.Tensor,
-    y_q: torch.Tensor,
+    lrs: Rates,
+    x_support: torch.Tensor,
+    y_support: torch.Tensor,
+    x_query: torch.Tensor,
+    y_query: torch.Tensor,
     *,
     task_type: str,
     steps: int,
@@ -127,17 +147,13 @@ def meta_gradients(
     """
     learned = {k: v for k, v in lrs.items() if isinstance(v, torch.Tensor)}
 
-    def adapted_query_loss(p: Params, lr: Params, *task: torch.Tensor) -> torch.Tensor:
-        xs, ys, xq, yq = task
-        fast = inner_adapt(
-            model, p, {**lrs, **lr}, xs, ys, task_type=task_type, steps=steps, first_order=first_order
+    def one_task(p: Params, lr: Params, *task: torch.Tensor) -> torch.Tensor:
+        return adapted_query_loss(
+            model, p, {**lrs, **lr}, *task, task_type=task_type, steps=steps, first_order=first_order
         )
-        return task_loss(model, fast, xq, yq, task_type)
 
     per_task = vmap(
-        grad_and_value(adapted_query_loss, argnums=(0, 1)),
-        in_dims=(None, None, 0, 0, 0, 0),
-        randomness=randomness,
+        grad_and_value(one_task, argnums=(0, 1)), in_dims=(None, None, 0, 0, 0, 0), randomness=randomness
     )
-    (g_params, g_lrs), losses = per_task(params, learned, x_s, y_s, x_q, y_q)
+    (g_params, g_lrs), losses = per_task(params, learned, x_support, y_support, x_query, y_query)
     return {k: g.mean(0) for k, g in g_params.items()}, {k: g.mean(0) for k, g in g_lrs.items()}, losses

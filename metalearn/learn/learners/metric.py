@@ -13,7 +13,7 @@ metric learner). ``std`` is the GP's predictive std in the (normalised) target s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearn.learn.learners.base import Prediction
-from metalearn.learn.learners.maml import optimizer_state_cpu
-from metalearn.learn.models import MLP, resolve_device, seeded_module
+from metalearn.learn.learners.episodes import check_task_type
+from metalearn.learn.learners.neural import adamw, load_state, resolve_device, save_state, seeded
+from metalearn.learn.models import MLP
 from metalearn.learn.sampling import TaskBatch
 
 
@@ -57,9 +58,9 @@ def rbf_kernel(
 
 
 def gp_posterior(
-    z_s: torch.Tensor,
-    y_s: torch.Tensor,
-    z_q: torch.Tensor,
+    z_support: torch.Tensor,
+    y_support: torch.Tensor,
+    z_query: torch.Tensor,
     lengthscale: torch.Tensor,
     outputscale: torch.Tensor,
     noise: torch.Tensor,
@@ -68,20 +69,21 @@ def gp_posterior(
     """GP posterior at the query rows, prior mean = support mean of each task.
 
     Args:
-        z_s (B, k, D) support embeddings; y_s (B, k) targets; z_q (B, q, D) query embeddings;
-        lengthscale, outputscale, noise: scalar tensors (noise is the observation variance).
+        z_support (B, n_support, D) support embeddings; y_support (B, n_support) targets;
+        z_query (B, n_query, D) query embeddings; lengthscale, outputscale, noise: scalar tensors
+        (noise is the observation variance).
 
     Returns:
-        mean (B, q) and predictive variance (B, q), observation noise included.
+        mean (B, n_query) and predictive variance (B, n_query), observation noise included.
     """
-    mu = y_s.mean(-1, keepdim=True)  # (B, 1)
-    k_ss = rbf_kernel(z_s, z_s, lengthscale, outputscale)
-    eye = torch.eye(z_s.shape[-2], dtype=z_s.dtype, device=z_s.device)
-    chol = torch.linalg.cholesky(k_ss + (noise + jitter) * eye)  # (B, k, k)
-    k_sq = rbf_kernel(z_s, z_q, lengthscale, outputscale)  # (B, k, q)
-    alpha = torch.cholesky_solve((y_s - mu).unsqueeze(-1), chol)  # (B, k, 1)
+    mu = y_support.mean(-1, keepdim=True)  # (B, 1)
+    k_ss = rbf_kernel(z_support, z_support, lengthscale, outputscale)
+    eye = torch.eye(z_support.shape[-2], dtype=z_support.dtype, device=z_support.device)
+    chol = torch.linalg.cholesky(k_ss + (noise + jitter) * eye)  # (B, n_support, n_support)
+    k_sq = rbf_kernel(z_support, z_query, lengthscale, outputscale)  # (B, n_support, n_query)
+    alpha = torch.cholesky_solve((y_support - mu).unsqueeze(-1), chol)  # (B, n_support, 1)
     mean = mu + (k_sq.transpose(-1, -2) @ alpha).squeeze(-1)
-    v = torch.linalg.solve_triangular(chol, k_sq, upper=False)  # (B, k, q)
+    v = torch.linalg.solve_triangular(chol, k_sq, upper=False)  # (B, n_support, n_query)
     latent_var = (outputscale - (v * v).sum(-2)).clamp_min(0)
     return mean, latent_var + noise
 
@@ -125,33 +127,20 @@ class MetricGP:
     def __init__(
         self, n_features: int, task_type: str = "regression", cfg: MetricConfig = MetricConfig()
     ) -> None:
-        if task_type not in ("regression", "classification"):
-            raise ValueError(f"unknown task_type {task_type!r}; expected 'regression' or 'classification'")
-        self.n_features, self.task_type, self.cfg = int(n_features), task_type, cfg
+        self.n_features, self.task_type, self.cfg = int(n_features), check_task_type(task_type), cfg
         self.device = resolve_device(cfg.device)
-        self.kernel = seeded_module(cfg.seed, lambda: DeepKernel(n_features, cfg)).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": list(self.kernel.net.parameters()), "weight_decay": cfg.weight_decay},
-                {
-                    "params": [
-                        self.kernel.raw_lengthscale,
-                        self.kernel.raw_outputscale,
-                        self.kernel.raw_noise,
-                    ],
-                    "weight_decay": 0.0,
-                },
-            ],
-            lr=cfg.outer_lr,
+        self.kernel = seeded(cfg.seed, lambda: DeepKernel(n_features, cfg)).to(self.device)
+        scales = [self.kernel.raw_lengthscale, self.kernel.raw_outputscale, self.kernel.raw_noise]
+        self.optimizer = adamw(
+            self.kernel.net.parameters(), scales, lr=cfg.outer_lr, weight_decay=cfg.weight_decay
         )
 
     def _posterior(
-        self, x_s: torch.Tensor, y_s: torch.Tensor, x_q: torch.Tensor
+        self, x_support: torch.Tensor, y_support: torch.Tensor, x_query: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, k, F), (B, k), (B, q, F) -> mean (B, q), variance (B, q)."""
-        return gp_posterior(
-            self.kernel.net(x_s), y_s, self.kernel.net(x_q), *self.kernel.hyper(), self.cfg.jitter
-        )
+        """(B, n_support, F), (B, n_support), (B, n_query, F) -> mean, variance, each (B, n_query)."""
+        net = self.kernel.net
+        return gp_posterior(net(x_support), y_support, net(x_query), *self.kernel.hyper(), self.cfg.jitter)
 
     def _loss(self, batch: TaskBatch) -> torch.Tensor:
         b = batch.to(self.device)
@@ -179,27 +168,21 @@ class MetricGP:
         return {"x": x_support.to(self.device, torch.float32), "y": y_support.to(self.device, torch.float32)}
 
     def predict(self, state: dict[str, torch.Tensor], x_query: torch.Tensor) -> Prediction:
-        """x_query (q, F) -> Prediction(mean (q,), std (q,)) on CPU; mean clipped to [0, 1] for classification."""
+        """x_query (n_query, F) -> Prediction(mean, std, each (n_query,)) on CPU.
+
+        The mean is clipped to [0, 1] for classification.
+        """
         self.kernel.eval()
         with torch.no_grad():
-            xq = x_query.to(self.device, torch.float32).unsqueeze(0)
-            mean, var = self._posterior(state["x"].unsqueeze(0), state["y"].unsqueeze(0), xq)
+            x = x_query.to(self.device, torch.float32).unsqueeze(0)
+            mean, var = self._posterior(state["x"].unsqueeze(0), state["y"].unsqueeze(0), x)
         mean, std = mean[0].cpu(), var[0].sqrt().cpu()
         if self.task_type == "classification":
             mean = mean.clamp(0.0, 1.0)
         return Prediction(mean=mean, std=std)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "n_features": self.n_features,
-            "task_type": self.task_type,
-            "hyperparams": {**asdict(self.cfg), "hidden": list(self.cfg.hidden)},
-            "model": {k: v.detach().cpu() for k, v in self.kernel.state_dict().items()},
-            # Why the optimiser: meta_train resumes from this dict; restarted AdamW moments would drift.
-            "optimizer": optimizer_state_cpu(self.optimizer),
-        }
+        return save_state(self.n_features, self.task_type, self.cfg, self.kernel, self.optimizer)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.kernel.load_state_dict(state["model"])
-        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
-            self.optimizer.load_state_dict(state["optimizer"])
+        load_state(state, self.kernel, self.optimizer)

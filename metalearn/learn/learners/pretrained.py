@@ -3,7 +3,7 @@
 The "is meta-training really necessary?" baseline (Tian et al. 2020, "Rethinking few-shot
 classification"): pretrain an encoder on all meta-train tasks by plain multitask regression, one
 linear head per task, then for a new task fit only a ridge (regression) or logistic
-(classification) probe on the k support embeddings. It uses the same episodes as the
+(classification) probe on the support embeddings. It uses the same episodes as the
 meta-learners, so ``meta_train`` drives it unchanged; its meta-val loss is the few-shot loss
 after the probe, so early stopping selects the encoder that probes best.
 """
@@ -14,11 +14,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from metalearn.learn.learners.base import Prediction
 from metalearn.learn.learners.episodes import check_task_type, episode_loss, to_numpy
-from metalearn.learn.models import resolve_device
+from metalearn.learn.learners.neural import (
+    adamw,
+    move_optimizer_state,
+    optimizer_state_cpu,
+    resolve_device,
+    seeded,
+)
 from metalearn.learn.sampling import TaskBatch
 
 # Hyperparameters that fix the shapes of the saved weights; the rest (probe, optimiser, device)
@@ -85,21 +90,17 @@ class PretrainedRidge:
             "seed": int(seed),
             "device": str(device),
         }
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-            torch.manual_seed(self.hyperparams["seed"])
-            self.encoder_ = _mlp(self.n_features, self.hyperparams["hidden"], embed_dim)
-            self.heads_ = torch.nn.Parameter(torch.randn(max_tasks, embed_dim + 1) / embed_dim**0.5)
+
+        def init() -> tuple[torch.nn.Sequential, torch.nn.Parameter]:
+            encoder = _mlp(self.n_features, self.hyperparams["hidden"], embed_dim)
+            return encoder, torch.nn.Parameter(torch.randn(max_tasks, embed_dim + 1) / embed_dim**0.5)
+
+        self.encoder_, self.heads_ = seeded(self.hyperparams["seed"], init)
         self.task_stats_ = torch.tensor([[0.0, 1.0]]).repeat(max_tasks, 1)
         self.task_rows_: dict[str, int] = {}
         # Rows of heads_ not in a batch get zero gradient; Adam's decaying momentum still nudges
         # them briefly, which is harmless: each head only ever scores its own task.
-        self.optimizer_ = torch.optim.AdamW(
-            [
-                {"params": self.encoder_.parameters(), "weight_decay": weight_decay},
-                {"params": [self.heads_], "weight_decay": 0.0},
-            ],
-            lr=lr,
-        )
+        self.optimizer_ = adamw(self.encoder_.parameters(), [self.heads_], lr=lr, weight_decay=weight_decay)
         self.to(resolve_device(device))
 
     # ---- meta-training (multitask pretraining on the episodes' rows) -------------------------
@@ -124,8 +125,8 @@ class PretrainedRidge:
         """One AdamW step on all support + query rows of the batch, each through its task's head."""
         if batch.task_type != self.task_type:
             raise ValueError(f"pretrained_ridge is a {self.task_type} learner; batch is {batch.task_type}")
-        x = torch.cat([batch.x_support, batch.x_query], dim=1).float()  # (T, k + q, F)
-        y = torch.cat([batch.y_support, batch.y_query], dim=1).float()  # (T, k + q)
+        x = torch.cat([batch.x_support, batch.x_query], dim=1).float()  # (T, n_support + n_query, F)
+        y = torch.cat([batch.y_support, batch.y_query], dim=1).float()  # (T, n_support + n_query)
         if self.task_type == "regression" and batch.y_mean is not None and batch.y_std is not None:
             y = y * batch.y_std[:, None] + batch.y_mean[:, None]  # back to the task's transformed unit
         rows = self._rows(batch.task_ids, y.detach().cpu())
@@ -134,7 +135,7 @@ class PretrainedRidge:
             y = (y - stats[:, :1]) / stats[:, 1:]
         d = self.hyperparams["embed_dim"]
         self.encoder_.train()
-        z = self.encoder_(x)  # (T, k + q, d)
+        z = self.encoder_(x)  # (T, n_support + n_query, d)
         head = self.heads_[rows]  # (T, d + 1)
         out = torch.einsum("tnd,td->tn", z, head[:, :d]) + head[:, d:]
         if self.task_type == "regression":
@@ -158,7 +159,7 @@ class PretrainedRidge:
             return self.encoder_(x.float().to(self.heads_.device))
 
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> Any:
-        """Fit the probe on (k, F), (k,); returns (w (d,), b) for ridge or a fitted classifier."""
+        """Fit the probe on (n_support, F), (n_support,); returns (w (d,), b) for ridge or a classifier."""
         if not self.task_rows_:  # a random encoder would be reported under this baseline's name
             raise RuntimeError("pretrained_ridge has not been pretrained: run meta_train on it first")
         z, y = self.embed(x_support).double(), y_support.detach().to(self.heads_.device).double()
@@ -167,8 +168,12 @@ class PretrainedRidge:
             labels = to_numpy(y).astype(int)
             if len(np.unique(labels)) < 2:
                 return float(labels[0])
+            # Deferred: scikit-learn takes about a second to import, and only this probe needs it.
+            from sklearn.linear_model import LogisticRegression
+
             return LogisticRegression(C=1.0 / alpha, max_iter=1000).fit(to_numpy(z), labels)
-        # Dual-form ridge with an unpenalised intercept: a (k, k) solve, cheap because k << d.
+        # Dual-form ridge with an unpenalised intercept: an (n_support, n_support) solve, cheap
+        # because n_support << d.
         z_mean, y_mean = z.mean(0), y.mean()
         zc, yc = z - z_mean, y - y_mean
         gram = zc @ zc.T + alpha * torch.eye(len(y), dtype=z.dtype, device=z.device)
@@ -195,7 +200,7 @@ class PretrainedRidge:
             "heads": self.heads_.detach(),
             "task_stats": self.task_stats_,
             "task_ids": list(self.task_rows_),
-            "optimizer": self.optimizer_.state_dict(),
+            "optimizer": optimizer_state_cpu(self.optimizer_),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -216,8 +221,5 @@ class PretrainedRidge:
     def to(self, device: torch.device | str) -> PretrainedRidge:
         self.encoder_.to(device)
         self.heads_.data = self.heads_.data.to(device)
-        for per_param in self.optimizer_.state.values():  # Adam moments live next to their params
-            for key, value in per_param.items():
-                if torch.is_tensor(value) and key != "step":
-                    per_param[key] = value.to(device)
+        move_optimizer_state(self.optimizer_, device)
         return self

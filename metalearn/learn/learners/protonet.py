@@ -7,21 +7,22 @@ with the query cross-entropy.
 A support set can lack a class (few positives among ten materials is common). Then there is no
 prototype to compare with, and a softmax over the one remaining class would say P = 1 for every
 query. Instead the learner predicts a smoothed rate for every query:
-P(y=1) = (n_pos + m * prior) / (k + m), where ``prior`` is the positive rate seen in meta-training
-and m = ``ProtoNetConfig.prior_strength``. Such tasks are left out of the meta-training loss.
+P(y=1) = (n_pos + m * prior) / (n_support + m), where ``prior`` is the positive rate seen in
+meta-training and m = ``ProtoNetConfig.prior_strength``. Such tasks are left out of the
+meta-training loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from metalearn.learn.learners.base import Prediction
-from metalearn.learn.learners.maml import optimizer_state_cpu
-from metalearn.learn.models import MLP, resolve_device, seeded_module
+from metalearn.learn.learners.neural import adamw, load_state, resolve_device, save_state, seeded
+from metalearn.learn.models import MLP
 from metalearn.learn.sampling import TaskBatch
 
 NUM_CLASSES = 2
@@ -51,27 +52,27 @@ def get_prototypes(
     """Mean support embedding per class.
 
     Args:
-        embeddings: (B, k, D) support embeddings of B tasks.
-        targets: (B, k) int64 class labels in [0, num_classes).
+        embeddings: (B, n_support, D) support embeddings of B tasks.
+        targets: (B, n_support) int64 class labels in [0, num_classes).
         num_classes: C.
 
     Returns:
         prototypes (B, C, D), zero for a class with no support row; counts (B, C) rows per class.
     """
-    b, k, d = embeddings.shape
+    b, n_support, d = embeddings.shape
     ones = torch.ones_like(targets, dtype=embeddings.dtype)
     counts = embeddings.new_zeros(b, num_classes).scatter_add_(1, targets, ones)
-    index = targets.unsqueeze(-1).expand(b, k, d)
+    index = targets.unsqueeze(-1).expand(b, n_support, d)
     sums = embeddings.new_zeros(b, num_classes, d).scatter_add_(1, index, embeddings)
     return sums / counts.clamp_min(1).unsqueeze(-1), counts
 
 
 def class_logits(prototypes: torch.Tensor, embeddings: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Negative squared distances: prototypes (B, C, D), embeddings (B, q, D), counts (B, C) -> (B, q, C).
+    """Negative squared distances: prototypes (B, C, D), embeddings (B, n, D), counts (B, C) -> (B, n, C).
 
     A class with no support row gets -inf, so it takes no probability mass.
     """
-    sq = ((embeddings.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).sum(-1)  # (B, q, C)
+    sq = ((embeddings.unsqueeze(2) - prototypes.unsqueeze(1)) ** 2).sum(-1)  # (B, n, C)
     return (-sq).masked_fill((counts == 0).unsqueeze(1), float("-inf"))
 
 
@@ -81,7 +82,7 @@ def prototypical_loss(
     """Query cross-entropy of softmax(-squared distance), over the tasks whose support has every class.
 
     Args:
-        prototypes: (B, C, D); embeddings: (B, q, D) query embeddings; targets: (B, q) int64;
+        prototypes: (B, C, D); embeddings: (B, n_query, D) query embeddings; targets: (B, n_query) int64;
         counts: (B, C) support rows per class (from :func:`get_prototypes`).
 
     Returns:
@@ -89,7 +90,7 @@ def prototypical_loss(
     """
     complete = (counts > 0).all(dim=1)  # (B,)
     logits = class_logits(prototypes, embeddings, counts.clamp_min(1))  # kept tasks have no -inf
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, q)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, n_query)
     weight = complete.to(nll.dtype).unsqueeze(1).expand_as(nll)
     return (nll * weight).sum() / weight.sum().clamp_min(1), complete
 
@@ -109,12 +110,10 @@ class ProtoNet:
             )
         self.n_features, self.task_type, self.cfg = int(n_features), task_type, cfg
         self.device = resolve_device(cfg.device)
-        self.model = seeded_module(
+        self.model = seeded(
             cfg.seed, lambda: MLP(n_features, cfg.hidden, cfg.embed_dim, cfg.dropout, cfg.layer_norm)
         ).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = adamw(self.model.parameters(), lr=cfg.outer_lr, weight_decay=cfg.weight_decay)
         self.label_counts_ = torch.zeros(NUM_CLASSES, dtype=torch.float64)  # meta-train support labels
 
     @property
@@ -143,7 +142,7 @@ class ProtoNet:
             return float(self._loss(batch)[0])
 
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x_support (k, F), y_support (k,) 0/1 -> {"prototypes": (C, D), "counts": (C,)}."""
+        """x_support (n_support, F), y_support (n_support,) 0/1 -> {"prototypes": (C, D), "counts": (C,)}."""
         self.model.eval()
         with torch.no_grad():
             emb = self.model(x_support.to(self.device, torch.float32)).unsqueeze(0)
@@ -151,11 +150,11 @@ class ProtoNet:
         return {"prototypes": prototypes[0], "counts": counts[0]}
 
     def predict(self, state: dict[str, torch.Tensor], x_query: torch.Tensor) -> Prediction:
-        """x_query (q, F) -> Prediction(mean=P(y=1) (q,)) on CPU."""
+        """x_query (n_query, F) -> Prediction(mean=P(y=1) (n_query,)) on CPU."""
         counts = state["counts"]
         if bool((counts == 0).any()):
-            m, k = self.cfg.prior_strength, float(counts.sum())
-            p = (float(counts[1]) + m * self.prior_) / (k + m)
+            m, n_support = self.cfg.prior_strength, float(counts.sum())
+            p = (float(counts[1]) + m * self.prior_) / (n_support + m)
             return Prediction(mean=torch.full((x_query.shape[0],), p, dtype=torch.float32))
         self.model.eval()
         with torch.no_grad():
@@ -164,18 +163,11 @@ class ProtoNet:
         return Prediction(mean=torch.softmax(logits, dim=-1)[:, 1].float().cpu())
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "n_features": self.n_features,
-            "task_type": self.task_type,
-            "hyperparams": {**asdict(self.cfg), "hidden": list(self.cfg.hidden)},
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "label_counts": self.label_counts_.clone(),
-            # Why the optimiser: meta_train resumes from this dict; restarted AdamW moments would drift.
-            "optimizer": optimizer_state_cpu(self.optimizer),
-        }
+        return save_state(
+            self.n_features, self.task_type, self.cfg, self.model, self.optimizer,
+            label_counts=self.label_counts_.clone(),
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
         self.label_counts_ = state["label_counts"].to(torch.float64).clone()
-        if "optimizer" in state:  # absent in inference-only files; moments are cast to the params' device
-            self.optimizer.load_state_dict(state["optimizer"])
+        load_state(state, self.model, self.optimizer)

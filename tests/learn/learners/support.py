@@ -17,17 +17,18 @@ from metalearn.learn.sampling import TaskBatch, support_stats
 N_FEATURES = 8
 
 
-def sine_batch(gen: torch.Generator, n_tasks: int, k: int = 10, q: int = 10) -> TaskBatch:
+def sine_batch(gen: torch.Generator, n_tasks: int, n_support: int = 10, n_query: int = 10) -> TaskBatch:
     """y = a_t sin(w . x + b_t), w shared by the family; targets normalised with support stats."""
     w = torch.zeros(N_FEATURES)
     w[0], w[1] = 1.0, 0.5
     a = 0.5 + 1.5 * torch.rand(n_tasks, 1, generator=gen)
     b = math.pi * torch.rand(n_tasks, 1, generator=gen)
-    x = torch.randn(n_tasks, k + q, N_FEATURES, generator=gen)
+    x = torch.randn(n_tasks, n_support + n_query, N_FEATURES, generator=gen)
     y = a * torch.sin(x @ w + b)
-    mean, std = support_stats(y[:, :k])
+    mean, std = support_stats(y[:, :n_support])
     y = (y - mean[:, None]) / std[:, None]
-    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], tuple(f"t{i}" for i in range(n_tasks)))
+    ids = tuple(f"t{i}" for i in range(n_tasks))
+    return TaskBatch(x[:, :n_support], y[:, :n_support], x[:, n_support:], y[:, n_support:], ids)
 
 
 def query_mse(learner, batch: TaskBatch) -> tuple[float, float]:

@@ -12,12 +12,12 @@ from sklearn.metrics import roc_auc_score
 from metalearn.learn.learners.baselines import (
     BASELINES,
     KNNBaseline,
-    PretrainedRidge,
     RandomForestBaseline,
     ScratchMLP,
     SupportMean,
 )
 from metalearn.learn.learners.episodes import episode_loss
+from metalearn.learn.learners.pretrained import PretrainedRidge
 from metalearn.learn.sampling import TaskBatch, support_stats
 
 F = 3
@@ -31,23 +31,23 @@ def smooth_task(rng: np.random.Generator, n: int, scale: float = 1.0, shift: flo
 
 
 def make_batch(
-    rng: np.random.Generator, n_tasks: int, k: int, q: int, ids: list[str] | None = None
+    rng: np.random.Generator, n_tasks: int, n_support: int, n_query: int, ids: list[str] | None = None
 ) -> TaskBatch:
     """TaskBatch from synthetic tasks, targets normalised with support statistics like the sampler."""
     xs, ys, task_ids = [], [], []
     for t in range(n_tasks):
-        x, y = smooth_task(rng, k + q, scale=rng.uniform(0.5, 2.0), shift=rng.uniform(-1, 1))
+        x, y = smooth_task(rng, n_support + n_query, scale=rng.uniform(0.5, 2.0), shift=rng.uniform(-1, 1))
         xs.append(x)
         ys.append(y)
         task_ids.append(ids[t] if ids else f"task-{t}")
     x, y = torch.stack(xs), torch.stack(ys)
-    mean, std = support_stats(y[:, :k])
+    mean, std = support_stats(y[:, :n_support])
     y = (y - mean[:, None]) / std[:, None]
     return TaskBatch(
-        x_support=x[:, :k],
-        y_support=y[:, :k],
-        x_query=x[:, k:],
-        y_query=y[:, k:],
+        x_support=x[:, :n_support],
+        y_support=y[:, :n_support],
+        x_query=x[:, n_support:],
+        y_query=y[:, n_support:],
         task_ids=tuple(task_ids),
         y_mean=mean,
         y_std=std,
@@ -56,7 +56,7 @@ def make_batch(
 
 @pytest.mark.parametrize("cls", [KNNBaseline, RandomForestBaseline, ScratchMLP])
 def test_support_only_baseline_beats_support_mean(cls) -> None:
-    batch = make_batch(np.random.default_rng(0), n_tasks=4, k=20, q=100)
+    batch = make_batch(np.random.default_rng(0), n_tasks=4, n_support=20, n_query=100)
     learner = cls(F, "regression", **({"n_estimators": 30} if cls is RandomForestBaseline else {}))
     assert episode_loss(learner, batch) < 0.85 * episode_loss(SupportMean(F), batch)
 
@@ -65,12 +65,12 @@ def test_pretrained_ridge_learns_the_shared_family() -> None:
     rng = np.random.default_rng(1)
     learner = PretrainedRidge(F, "regression", hidden=(32,), embed_dim=16, lr=3e-3, ridge_alpha=0.1)
     names = [f"train-{i}" for i in range(8)]
-    val = make_batch(rng, n_tasks=6, k=10, q=50)
+    val = make_batch(rng, n_tasks=6, n_support=10, n_query=50)
     with pytest.raises(RuntimeError, match="not been pretrained"):
         learner.meta_loss(val)
     for step in range(150):
         logs = learner.meta_train_step(
-            make_batch(rng, 4, k=10, q=20, ids=list(rng.choice(names, 4, replace=False)))
+            make_batch(rng, 4, n_support=10, n_query=20, ids=list(rng.choice(names, 4, replace=False)))
         )
         if step == 0:
             before = learner.meta_loss(val)
@@ -83,13 +83,13 @@ def test_pretrained_ridge_learns_the_shared_family() -> None:
 def test_pretrained_ridge_state_round_trip_and_config_check() -> None:
     rng = np.random.default_rng(2)
     a = PretrainedRidge(F, hidden=(8,), embed_dim=4, seed=3)
-    a.meta_train_step(make_batch(rng, 2, k=5, q=5))
+    a.meta_train_step(make_batch(rng, 2, n_support=5, n_query=5))
     b = PretrainedRidge(F, hidden=(8,), embed_dim=4, seed=3)  # same init; a has since taken a step
     b.load_state_dict(a.state_dict())
     x, y = smooth_task(rng, 12)
     pa, pb = a.predict(a.adapt(x[:6], y[:6]), x[6:]), b.predict(b.adapt(x[:6], y[:6]), x[6:])
     torch.testing.assert_close(pa.mean, pb.mean)
-    batch = make_batch(rng, 2, k=5, q=5)  # the next step agrees too: optimiser state travelled
+    batch = make_batch(rng, 2, n_support=5, n_query=5)  # the next step agrees too: optimiser state travelled
     assert a.meta_train_step(batch) == b.meta_train_step(batch)
     with pytest.raises(ValueError, match="does not match"):
         PretrainedRidge(F, hidden=(16,), embed_dim=4).load_state_dict(a.state_dict())
@@ -109,7 +109,7 @@ def test_support_mean_is_the_support_mean() -> None:
 def test_k1_and_single_class_supports(name: str, task_type: str) -> None:
     learner = BASELINES[name](F, task_type)
     if learner.meta_trainable:
-        batch = make_batch(np.random.default_rng(8), 2, k=4, q=4)
+        batch = make_batch(np.random.default_rng(8), 2, n_support=4, n_query=4)
         if task_type == "classification":
             batch = replace(
                 batch,
@@ -147,7 +147,7 @@ def test_classification_baselines_rank_the_query() -> None:
 
 
 def test_support_only_baselines_are_not_meta_trainable() -> None:
-    batch = make_batch(np.random.default_rng(6), 2, k=3, q=3)
+    batch = make_batch(np.random.default_rng(6), 2, n_support=3, n_query=3)
     for name in ("mean", "knn", "rf", "mlp"):
         learner = BASELINES[name](F, "regression")
         assert learner.meta_trainable is False and learner.name == name

@@ -14,30 +14,30 @@ from metalearn.learn.learners.metric import MetricConfig, MetricGP, gaussian_nll
 from metalearn.learn.sampling import TaskBatch
 
 
-def numpy_gp(z_s, y_s, z_q, ls, os_, noise):
+def numpy_gp(z_support, y_support, z_query, ls, os_, noise):
     """Textbook GP regression with prior mean = support mean: mean (q,), predictive var (q,)."""
 
     def k(a, b):
         sq = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
         return os_ * np.exp(-0.5 * sq / ls**2)
 
-    mu = y_s.mean()
-    gram = k(z_s, z_s) + noise * np.eye(len(z_s))
-    k_qs = k(z_q, z_s)
-    mean = mu + k_qs @ np.linalg.solve(gram, y_s - mu)
+    mu = y_support.mean()
+    gram = k(z_support, z_support) + noise * np.eye(len(z_support))
+    k_qs = k(z_query, z_support)
+    mean = mu + k_qs @ np.linalg.solve(gram, y_support - mu)
     var = os_ - np.einsum("qi,qi->q", k_qs, np.linalg.solve(gram, k_qs.T).T) + noise
     return mean, var
 
 
 def test_posterior_equals_numpy_closed_form_on_a_fixed_embedding():
     rng = np.random.default_rng(0)
-    z_s, z_q = rng.normal(size=(2, 7, 3)), rng.normal(size=(2, 5, 3))
-    y_s = rng.normal(size=(2, 7))
+    z_support, z_query = rng.normal(size=(2, 7, 3)), rng.normal(size=(2, 5, 3))
+    y_support = rng.normal(size=(2, 7))
     ls, os_, noise = 1.3, 0.8, 0.05
-    t = [torch.tensor(a, dtype=torch.float64) for a in (z_s, y_s, z_q, ls, os_, noise)]
+    t = [torch.tensor(a, dtype=torch.float64) for a in (z_support, y_support, z_query, ls, os_, noise)]
     mean, var = gp_posterior(*t, jitter=0.0)
     for b in range(2):
-        want_mean, want_var = numpy_gp(z_s[b], y_s[b], z_q[b], ls, os_, noise)
+        want_mean, want_var = numpy_gp(z_support[b], y_support[b], z_query[b], ls, os_, noise)
         np.testing.assert_allclose(mean[b].numpy(), want_mean, atol=1e-10)
         np.testing.assert_allclose(var[b].numpy(), want_var, atol=1e-10)
 
@@ -56,17 +56,19 @@ def test_kernel_and_nll_match_their_formulas():
 
 def test_predictions_have_positive_std_and_far_points_revert_to_the_support_mean():
     learner = MetricGP(N_FEATURES, "regression", MetricConfig(hidden=(16,), embed_dim=4, device="cpu"))
-    x_s, y_s = torch.randn(6, N_FEATURES), torch.randn(6)
-    pred = learner.predict(learner.adapt(x_s, y_s), torch.cat([x_s[:2], 1e4 * torch.ones(1, N_FEATURES)]))
+    x_support, y_support = torch.randn(6, N_FEATURES), torch.randn(6)
+    x_query = torch.cat([x_support[:2], 1e4 * torch.ones(1, N_FEATURES)])
+    pred = learner.predict(learner.adapt(x_support, y_support), x_query)
     assert pred.std is not None and pred.std.shape == (3,) and bool((pred.std > 0).all())
-    assert float(pred.mean[2]) == pytest.approx(float(y_s.mean()), abs=1e-5)  # kernel ~0 far away
+    assert float(pred.mean[2]) == pytest.approx(float(y_support.mean()), abs=1e-5)  # kernel ~0 far away
     assert bool((pred.std[:2] < pred.std[2]).all())  # less uncertain at the support rows
 
 
 def test_classification_regresses_labels_and_clips_to_probabilities():
     learner = build_learner("metric", N_FEATURES, "classification", hidden=(16,), embed_dim=4, device="cpu")
-    x_s, y_s = torch.randn(6, N_FEATURES), torch.tensor([0.0, 1, 1, 0, 1, 1])
-    p = learner.predict(learner.adapt(x_s, y_s), torch.cat([x_s, 3 * torch.randn(20, N_FEATURES)])).mean
+    x_support, y_support = torch.randn(6, N_FEATURES), torch.tensor([0.0, 1, 1, 0, 1, 1])
+    x_query = torch.cat([x_support, 3 * torch.randn(20, N_FEATURES)])
+    p = learner.predict(learner.adapt(x_support, y_support), x_query).mean
     assert bool(((p >= 0) & (p <= 1)).all())
 
 
@@ -103,6 +105,7 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     batch = sine_batch(torch.Generator().manual_seed(0), 4)
     loaded = trained_and_reloaded(learner, batch, tmp_path / "metric.pt")
     assert isinstance(loaded, MetricGP) and loaded.cfg == learner.cfg
-    x_s, y_s, x_q = torch.randn(6, N_FEATURES), torch.randn(6), torch.randn(5, N_FEATURES)
-    a, b = loaded.predict(loaded.adapt(x_s, y_s), x_q), learner.predict(learner.adapt(x_s, y_s), x_q)
+    x_support, y_support, x_query = torch.randn(6, N_FEATURES), torch.randn(6), torch.randn(5, N_FEATURES)
+    a = loaded.predict(loaded.adapt(x_support, y_support), x_query)
+    b = learner.predict(learner.adapt(x_support, y_support), x_query)
     assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)

@@ -55,27 +55,27 @@ def test_prototypes_equal_a_numpy_loop_including_a_missing_class():
 def test_loss_equals_a_numpy_reference():
     gen = torch.Generator().manual_seed(1)
     support = torch.randn(4, 6, 5, generator=gen, dtype=torch.float64)
-    s_labels = torch.tensor([[0, 1] * 3] * 4)
+    support_labels = torch.tensor([[0, 1] * 3] * 4)
     query = torch.randn(4, 7, 5, generator=gen, dtype=torch.float64)
-    q_labels = torch.randint(0, 2, (4, 7), generator=gen)
-    protos, counts = get_prototypes(support, s_labels)
-    loss, kept = prototypical_loss(protos, query, q_labels, counts)
+    query_labels = torch.randint(0, 2, (4, 7), generator=gen)
+    protos, counts = get_prototypes(support, support_labels)
+    loss, kept = prototypical_loss(protos, query, query_labels, counts)
     assert bool(kept.all())
     assert float(loss) == pytest.approx(
-        numpy_loss(protos.numpy(), query.numpy(), q_labels.numpy()), abs=1e-10
+        numpy_loss(protos.numpy(), query.numpy(), query_labels.numpy()), abs=1e-10
     )
 
 
 def test_loss_leaves_out_tasks_with_a_missing_class_and_stays_finite():
     gen = torch.Generator().manual_seed(2)
     support = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    s_labels = torch.tensor([[0, 1, 0, 1], [0, 0, 0, 0]])
+    support_labels = torch.tensor([[0, 1, 0, 1], [0, 0, 0, 0]])
     query = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
-    q_labels = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 1, 0]])
-    protos, counts = get_prototypes(support, s_labels)
-    loss, kept = prototypical_loss(protos, query, q_labels, counts)
+    query_labels = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 0, 1, 0]])
+    protos, counts = get_prototypes(support, support_labels)
+    loss, kept = prototypical_loss(protos, query, query_labels, counts)
     assert kept.tolist() == [True, False]
-    only_first = numpy_loss(protos[:1].detach().numpy(), query[:1].numpy(), q_labels[:1].numpy())
+    only_first = numpy_loss(protos[:1].detach().numpy(), query[:1].numpy(), query_labels[:1].numpy())
     assert float(loss.detach()) == pytest.approx(only_first, abs=1e-10)
     loss.backward()
     assert torch.isfinite(support.grad).all() and float(support.grad[1].abs().sum()) == 0.0
@@ -84,21 +84,22 @@ def test_loss_leaves_out_tasks_with_a_missing_class_and_stays_finite():
 def test_missing_class_falls_back_to_the_smoothed_prior():
     learner = ProtoNet(N_FEATURES, "classification", ProtoNetConfig(hidden=(8,), embed_dim=4, device="cpu"))
     learner.label_counts_ = torch.tensor([75.0, 25.0], dtype=torch.float64)  # meta-train prior 0.25
-    x_q = torch.randn(5, N_FEATURES)
-    all_neg = learner.predict(learner.adapt(torch.randn(4, N_FEATURES), torch.zeros(4)), x_q).mean
+    x_query = torch.randn(5, N_FEATURES)
+    all_neg = learner.predict(learner.adapt(torch.randn(4, N_FEATURES), torch.zeros(4)), x_query).mean
     torch.testing.assert_close(all_neg, torch.full((5,), 0.25 / 5))  # (0 + 1 * 0.25) / (4 + 1)
-    all_pos = learner.predict(learner.adapt(torch.randn(4, N_FEATURES), torch.ones(4)), x_q).mean
+    all_pos = learner.predict(learner.adapt(torch.randn(4, N_FEATURES), torch.ones(4)), x_query).mean
     torch.testing.assert_close(all_pos, torch.full((5,), 4.25 / 5))
 
 
 def test_predict_is_the_softmax_over_prototype_distances():
     learner = ProtoNet(N_FEATURES, "classification", ProtoNetConfig(hidden=(8,), embed_dim=4, device="cpu"))
-    x_s, y_s, x_q = torch.randn(6, N_FEATURES), torch.tensor([0.0, 1, 0, 1, 1, 0]), torch.randn(5, N_FEATURES)
-    p = learner.predict(learner.adapt(x_s, y_s), x_q).mean
+    x_support, y_support = torch.randn(6, N_FEATURES), torch.tensor([0.0, 1, 0, 1, 1, 0])
+    x_query = torch.randn(5, N_FEATURES)
+    p = learner.predict(learner.adapt(x_support, y_support), x_query).mean
     with torch.no_grad():
-        e_s, e_q = learner.model(x_s), learner.model(x_q)
-    d0 = ((e_q - e_s[y_s == 0].mean(0)) ** 2).sum(-1)
-    d1 = ((e_q - e_s[y_s == 1].mean(0)) ** 2).sum(-1)
+        e_support, e_query = learner.model(x_support), learner.model(x_query)
+    d0 = ((e_query - e_support[y_support == 0].mean(0)) ** 2).sum(-1)
+    d1 = ((e_query - e_support[y_support == 1].mean(0)) ** 2).sum(-1)
     torch.testing.assert_close(p, torch.sigmoid(d0 - d1))
 
 
@@ -107,13 +108,14 @@ def test_regression_tasks_are_refused():
         build_learner("protonet", N_FEATURES, "regression")
 
 
-def angle_batch(gen: torch.Generator, n_tasks: int, k: int = 10, q: int = 10) -> TaskBatch:
+def angle_batch(gen: torch.Generator, n_tasks: int, n_support: int = 10, n_query: int = 10) -> TaskBatch:
     """y = 1[cos(a_t) x0 + sin(a_t) x1 > 0]: tasks share the 2-d subspace, differ in direction."""
     angle = 2 * math.pi * torch.rand(n_tasks, 1, generator=gen)
-    x = torch.randn(n_tasks, k + q, N_FEATURES, generator=gen)
+    x = torch.randn(n_tasks, n_support + n_query, N_FEATURES, generator=gen)
     y = ((torch.cos(angle) * x[..., 0] + torch.sin(angle) * x[..., 1]) > 0).float()
     ids = tuple(f"t{i}" for i in range(n_tasks))
-    return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], ids, "classification")
+    s, q = slice(None, n_support), slice(n_support, None)
+    return TaskBatch(x[:, s], y[:, s], x[:, q], y[:, q], ids, "classification")
 
 
 def test_meta_training_beats_the_support_mean_on_unseen_tasks():
@@ -138,12 +140,12 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path):
     batch = angle_batch(torch.Generator().manual_seed(0), 4)
     loaded = trained_and_reloaded(learner, batch, tmp_path / "protonet.pt")
     assert isinstance(loaded, ProtoNet) and loaded.cfg == learner.cfg and loaded.prior_ == learner.prior_
-    x_s, x_q = torch.randn(6, N_FEATURES), torch.randn(5, N_FEATURES)
-    for y_s in (
+    x_support, x_query = torch.randn(6, N_FEATURES), torch.randn(5, N_FEATURES)
+    for y_support in (
         torch.tensor([0.0, 1, 0, 1, 1, 0]),
         torch.zeros(6),
     ):  # both the distance and the fallback path
         assert torch.equal(
-            loaded.predict(loaded.adapt(x_s, y_s), x_q).mean,
-            learner.predict(learner.adapt(x_s, y_s), x_q).mean,
+            loaded.predict(loaded.adapt(x_support, y_support), x_query).mean,
+            learner.predict(learner.adapt(x_support, y_support), x_query).mean,
         )

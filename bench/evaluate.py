@@ -1,0 +1,178 @@
+"""The evaluate stage's k-shot protocol: the per-episode loop as it was vs the new path (cold / warm cache).
+
+What is timed, once with the machine as it is ("quiet": no competing process started by this
+script) and once with one busy-looping process per core ("busy"), on real default-profile-sized
+shards (bundled data, ``max_rows_per_dataset=3000``, the default ShardConfig) and the default
+profile's learners (fomaml, metric, protonet, pretrained_ridge, meta-trained with the default
+profile's train settings) plus the stage's baselines (mean, knn, rf, mlp; mean, knn, rf for
+classification), on both meta-test settings, with the default profile's EvalConfig:
+
+* old: the plain loop, one adapt + predict per (task, draw, k, learner)
+  (``tests/evaluate/reference.py``, the protocol as the stage ran it before);
+* new, cold cache: :func:`metalearn.evaluate.protocol.evaluate` with an empty baseline score cache
+  (the first night, or a night where every meta-test task changed);
+* new, warm cache: the same call again (a night whose meta-test tasks did not change: only the
+  meta-trained learners adapt).
+
+Every new-path score table is checked equal (rows, order, values) to the old one. Threads: 1 for
+torch, BLAS and OpenMP (``limited(1)``, and the env vars below before numpy loads). The share of
+the nightly is projected from issue #10's measurement (667 s nightly, 372 s of it evaluate, so
+295 s for everything else) with evaluate scaled by the measured ratio.
+
+Usage:
+    .venv/bin/python bench/evaluate.py                           # default-profile-sized (~25 min)
+    .venv/bin/python bench/evaluate.py --rows 400 --draws 2      # a quick look
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "METALEARN_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import importlib.util
+import multiprocessing as mp
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from metalearn.evaluate.protocol import EvalConfig, evaluate
+from metalearn.evaluate.stage import CLASSIFICATION_BASELINES, REGRESSION_BASELINES, TEST_SPLITS
+from metalearn.features.plan import FeaturizeConfig
+from metalearn.features.stage import build_features
+from metalearn.ingest.stage import IngestConfig, ingest
+from metalearn.layout import WorkDir
+from metalearn.learn.learners import build_learner, load_learner
+from metalearn.learn.sampling import TaskSampler
+from metalearn.learn.stage import LearnerConfig, train_learner
+from metalearn.pipeline import PROFILES
+from metalearn.shards.define import ShardConfig
+from metalearn.shards.stage import build_shards
+from metalearn.threads import limited
+
+REPO = Path(__file__).resolve().parent.parent
+LEARNERS = ("fomaml", "metric", "protonet", "pretrained_ridge")
+NIGHTLY_S, EVALUATE_S = 667.0, 372.0  # issue #10: default-profile nightly on quiet 2 cores, and its evaluate stage
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("eval_reference", REPO / "tests" / "evaluate" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_evaluate
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextmanager
+def competing(n: int):
+    """``n`` busy-looping processes for the duration of the block."""
+    procs = [mp.Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+
+
+def prepare(root: Path, rows: int) -> tuple[Path, dict[str, str]]:
+    """Default-profile-sized shards and meta-trained learners under ``root`` (reused on a rerun)."""
+    work = WorkDir.resolve(root)
+    profile = PROFILES["default"]
+    snapshot = ingest(work, IngestConfig(max_rows_per_dataset=rows)).path
+    features = build_features(snapshot, work, FeaturizeConfig(**profile["featurize"]))
+    shards = build_shards(snapshot, features, work, ShardConfig(**profile["shards"])).path
+    cfg = LearnerConfig.from_params({**profile["train"], "device": "cpu"})
+    return shards, {name: train_learner(work, shards, name, cfg)["checkpoint"] for name in LEARNERS}
+
+
+def workload(shards: Path, checkpoints: dict[str, str], cfg: EvalConfig) -> list[tuple[list, dict]]:
+    """(tasks, learners) per task type, chosen as the evaluate stage chooses them."""
+    trained = {name: load_learner(path, trusted=True) for name, path in checkpoints.items()}
+    out = []
+    for task_type, baselines in (("regression", REGRESSION_BASELINES), ("classification", CLASSIFICATION_BASELINES)):
+        sampler = TaskSampler(shards, 1, 1, 1, seed=cfg.seed, task_type=task_type)
+        need = max(cfg.n_support) + (cfg.n_query or 1)
+        tasks = [t for split in TEST_SPLITS for t in sampler.tasks(split, need)]
+        learners = {n: lrn for n, lrn in trained.items() if lrn.task_type == task_type}
+        for name in (b for b in baselines if b in cfg.baselines):
+            learners[name] = build_learner(name, sampler.n_features, task_type)
+        if tasks and learners:
+            out.append((tasks, learners))
+    return out
+
+
+def timed(run, work: list[tuple[list, dict]]) -> tuple[float, pd.DataFrame]:
+    """Seconds for ``run(tasks, learners)`` over every task type, and the concatenated scores."""
+    start = time.perf_counter()
+    with limited(1):
+        scores = pd.concat([run(tasks, learners) for tasks, learners in work], ignore_index=True)
+    return time.perf_counter() - start, scores
+
+
+def measure(cfg: EvalConfig, work: list[tuple[list, dict]]) -> dict[str, float]:
+    reference = _reference()
+    old, expected = timed(lambda tasks, learners: reference(tasks, learners, cfg), work)
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-cache-") as cache:
+        def new(tasks, learners):
+            return evaluate(tasks, learners, cfg, cache_dir=cache, threads=1)
+
+        cold, first = timed(new, work)
+        warm, second = timed(new, work)
+    for got in (first, second):
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    return {"old": old, "cold": cold, "warm": warm, "rows": len(expected), "load": os.getloadavg()[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "metalearn-bench-evaluate"),
+                        help="where the snapshot, features, shards and learners are built (reused)")
+    parser.add_argument("--rows", type=int, default=PROFILES["default"]["ingest"]["max_rows_per_dataset"],
+                        help="bundled records per dataset (the default profile's)")
+    parser.add_argument("--draws", type=int, default=None, help="EvalConfig.n_draws (default: the default profile's)")
+    parser.add_argument("--conditions", default="quiet,busy", help="quiet and/or busy (one spinner per core)")
+    args = parser.parse_args()
+
+    shards, checkpoints = prepare(Path(args.workdir), args.rows)
+    cfg = EvalConfig(**PROFILES["default"]["evaluate"], device="cpu")
+    cfg = cfg if args.draws is None else replace(cfg, n_draws=args.draws)
+    work = workload(shards, checkpoints, cfg)
+    results = {}
+    for condition in args.conditions.split(","):
+        with competing(os.cpu_count() if condition == "busy" else 0):
+            results[condition] = measure(cfg, work)
+
+    n_tasks = sum(len(tasks) for tasks, _ in work)
+    episodes = n_tasks * len(cfg.n_support) * cfg.n_draws
+    names = sorted({name for _, learners in work for name in learners})
+    print(f"shards {shards.name}: {n_tasks} meta-test tasks x k in {cfg.n_support} x {cfg.n_draws} draws = "
+          f"{episodes:,} episodes; learners {', '.join(names)}; {os.cpu_count()} CPUs, 1 thread; "
+          f"{next(iter(results.values()))['rows']:,} score rows, new == old exactly (rows, order, values)")
+    print()
+    print("| condition | load | old: per-episode loop s | new, cold cache s | cold vs old | new, warm cache s "
+          "| **warm vs old** | evaluate share of the nightly (old / cold / warm) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    other = NIGHTLY_S - EVALUATE_S
+    for condition, r in results.items():
+        shares = [EVALUATE_S * r[p] / r["old"] for p in ("old", "cold", "warm")]
+        share_text = " / ".join(f"{100 * s / (other + s):.0f}%" for s in shares)
+        print(f"| {condition} | {r['load']:.1f} | {r['old']:.1f} | {r['cold']:.1f} | {r['old'] / r['cold']:.2f}x "
+              f"| {r['warm']:.1f} | **{r['old'] / r['warm']:.1f}x** | {share_text} |")
+
+
+if __name__ == "__main__":
+    main()
