@@ -167,6 +167,11 @@ def parse_formula(formula: str) -> tuple[str, tuple[str, ...]]:
     return reduced, tuple(sorted(elements[z].symbol for z in parsed.z))
 
 
+def reduced_formula(formula: str) -> str:
+    """pymatgen's reduced formula (``Fe4O6`` -> ``Fe2O3``): the material key of composition-only data."""
+    return parse_formula(formula)[0]
+
+
 def composition_key(parsed: Parsed) -> tuple[tuple[int, float], ...]:
     """A hashable key of the reduced composition: equal exactly when pymatgen's reduced formulas are equal.
 

@@ -61,6 +61,7 @@ from metalearn.layout import WorkDir
 from metalearn.learn.learners.base import Learner
 from metalearn.predict.model_cache import ModelCache, parse_model_uri, resolve_tracking_uri
 from metalearn.run_record import (
+    content_key,
     git_commit,
     learner_tags,
     lineage,
@@ -105,6 +106,32 @@ def _tracking(uri: str) -> Iterator[MlflowClient]:
         mlflow.set_tracking_uri(None)  # unset (the variable too): the fluent API reads the variable again
         if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+CONTENT_TAG = "metalearn.content_key"  # run_record.content_key of what the run recorded
+MODEL_URI_TAG = "metalearn.model_uri"  # set last inside the run: a run without it is incomplete
+
+
+def _run_with_key(client: MlflowClient, experiment_id: str, key: str, model_name: str | None
+                  ) -> dict[str, Any] | None:
+    """The finished run recording exactly this content (and, when registering, its model version), or None.
+
+    A run whose registration did not finish (killed in between) is not reused: a new run is logged.
+    """
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{CONTENT_TAG}` = '{key}'",
+                              order_by=["attributes.start_time ASC"], max_results=5)
+    for run in runs:
+        model_uri = run.data.tags.get(MODEL_URI_TAG)
+        if run.info.status != "FINISHED" or not model_uri:
+            continue
+        found = {"run_id": run.info.run_id, "model_uri": model_uri, "version": None}
+        if model_name is None:
+            return found
+        versions = [v for v in client.search_model_versions(f"name = '{model_name}'")
+                    if v.run_id == run.info.run_id]
+        if versions:
+            return {**found, "version": str(max(int(v.version) for v in versions))}
+    return None
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -189,6 +216,7 @@ def log_training_run(
     register: bool = True,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    representation: str | Path | None = None,
 ) -> dict[str, Any]:
     """Record one trained learner as an MLflow run with its pyfunc model; register it as ``challenger``.
 
@@ -210,6 +238,8 @@ def log_training_run(
         cfg: tracking URI, experiment and registered model name.
         register: create a registered model version with alias ``challenger``.
         tags: extra run tags.
+        representation: the transfer representation's directory, for a head that reads it (the
+            model then carries the representation's members).
 
     Returns:
         {"run_id", "experiment_id", "model_uri", "model_name", "version", "tracking_uri"}
@@ -223,18 +253,26 @@ def log_training_run(
     table = scores if isinstance(scores, pd.DataFrame) or scores is None else pd.read_csv(scores)
     with tempfile.TemporaryDirectory(prefix="metalearn-mlflow-") as tmp_name, _tracking(uri) as client:
         tmp = Path(tmp_name)
-        artifacts, reg_name, cls_name, structure = model_artifacts(learner, classifier, shards_dir, tmp)
+        artifacts, reg_name, cls_name, structure = model_artifacts(learner, classifier, shards_dir, tmp,
+                                                                   representation)
         (tmp / "model_code.py").write_text(_MODEL_CODE)
         code = package_code(tmp / "code")
         (tmp / "run").mkdir()
         stage_run_files(tmp / "run", shards_dir, manifests, table, report_files, secrets)
 
+        key = content_key(artifacts, shards_manifest.content_hash, configs, table, manifests, cfg.model_name,
+                          scores_learner, register)
+        experiment_id = _experiment_id(client, cfg.experiment, uri)
+        found = _run_with_key(client, experiment_id, key, cfg.model_name if register else None)
+        if found is not None:  # the same inputs were logged before: reuse that run and version
+            return {**found, "experiment_id": experiment_id, "model_name": cfg.model_name, "tracking_uri": uri,
+                    "reused": True}
         protocol = eval_protocol(shards_manifest.content_hash, configs.get("eval", configs.get("evaluate")))
         run_tags = {**lineage(shards_manifest), **learner_tags(reg_name, cls_name, scores_learner, protocol,
-                                                               artifacts["featurizer"]), **(tags or {})}
+                                                               artifacts["featurizer"]), **(tags or {}),
+                    CONTENT_TAG: key}
         params = run_params(reg_name, cls_name, configs, artifacts["regressor"])
 
-        experiment_id = _experiment_id(client, cfg.experiment, uri)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or reg_name) as run:
             run_id = run.info.run_id
             now = int(time.time() * 1000)
@@ -248,12 +286,13 @@ def log_training_run(
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN, python_model=str(tmp / "model_code.py"), artifacts=artifacts,
                 signature=SIGNATURE, input_example=INPUT_EXAMPLE, code_paths=[str(code)],
-                pip_requirements=pip_requirements(structure=structure),
+                pip_requirements=pip_requirements(structure=structure, representation=representation is not None),
                 metadata={"learner": reg_name, "classifier": cls_name, "eval_protocol": protocol,
                           "shards_hash": shards_manifest.content_hash},
             )
+            client.set_tag(run_id, MODEL_URI_TAG, info.model_uri)
         result = {"run_id": run_id, "experiment_id": experiment_id, "model_uri": info.model_uri,
-                  "model_name": cfg.model_name, "version": None, "tracking_uri": uri}
+                  "model_name": cfg.model_name, "version": None, "tracking_uri": uri, "reused": False}
         if register:
             version_tags = {k: v for k, v in run_tags.items() if k.startswith(("metalearn.", "lineage.", "git."))}
             version_tags["metalearn.scores_uri"] = f"runs:/{run_id}/{SCORES_ARTIFACT}" if table is not None else ""

@@ -26,11 +26,13 @@ import pandas as pd
 import torch
 
 from metalearn import io
+from metalearn import schema as S
 from metalearn.config import flatten
 from metalearn.evaluate.report import summarize
 from metalearn.learn.learners import save_learner
 from metalearn.learn.learners.base import Learner
 from metalearn.predict.featurizer import FEATURIZER_FILE, export_featurizer
+from metalearn.represent.transfer import MODELS_FILE, OOF_FILE
 from metalearn.secrets import copy_scrubbed, redact
 
 # --- lineage -------------------------------------------------------------------------------------
@@ -65,16 +67,49 @@ def lineage(shards_manifest: Any) -> dict[str, str]:
 _RUNTIME = ("torch", "mlflow", "pandas", "numpy", "pyarrow", "pymatgen", "scikit-learn", "PyYAML")
 
 
-def pip_requirements(structure: bool = False) -> list[str]:
+def pip_requirements(structure: bool = False, representation: bool = False) -> list[str]:
     """Exact pins of the published packages the model needs at load time (pitfall M4: explicit).
 
     Args:
         structure: the model uses structure features, whose featurizers are matminer's.
+        representation: the model carries the transfer representation (LightGBM members).
     """
     def pin(dist: str) -> str:
         return f"{dist}=={importlib_metadata.version(dist).split('+')[0]}"  # torch 2.13.0+cpu -> 2.13.0
 
-    return [pin(d) for d in (*_RUNTIME, *(("matminer",) if structure else ()))]
+    extra = (("matminer",) if structure else ()) + (("lightgbm",) if representation else ())
+    return [pin(d) for d in (*_RUNTIME, *extra)]
+
+
+def content_key(artifacts: Mapping[str, str], shards_hash: str, configs: Mapping[str, Any],
+                scores: pd.DataFrame | None, manifests: Mapping[str, str | Path] | None, model_name: str,
+                scores_learner: str | None, register: bool) -> str:
+    """What a training run records, by content: equal keys mean a rerun would log the same run.
+
+    The learners' and representation's files, the shards, the scores, the configs, the upstream
+    manifests and the registered model name. Not the run's name, tags or Prefect ids: a night with
+    unchanged inputs must find yesterday's run, not add one.
+    """
+    files = {name: io.hash_bytes(Path(path).read_bytes()) for name, path in sorted(artifacts.items())
+             if name in ("regressor", "classifier") and Path(path).is_file()}
+    if "representation" in artifacts:
+        files["representation"] = io.hash_bytes((Path(artifacts["representation"]) / MODELS_FILE).read_bytes())
+    upstream = {}
+    for stage, path in sorted((manifests or {}).items()):
+        path = Path(path)
+        manifest = path / io.MANIFEST if path.is_dir() else path
+        upstream[stage] = io.hash_bytes(manifest.read_bytes()) if manifest.is_file() else str(path)
+    return io.hash_json({"files": files, "shards": shards_hash, "configs": flatten("", dict(configs)),
+                         "scores": io.hash_frame(scores) if scores is not None else None, "upstream": upstream,
+                         "model_name": model_name, "scores_learner": scores_learner, "register": register})[:32]
+
+
+def copy_representation(src: Path, dst: Path) -> Path:
+    """The representation's model files only (not the vectors of the shards it was built for)."""
+    dst.mkdir(parents=True)
+    for name in (MODELS_FILE, OOF_FILE):
+        shutil.copyfile(src / name, dst / name)
+    return dst
 
 
 def package_code(dst: Path) -> Path:
@@ -155,19 +190,23 @@ def learner_file(learner: Learner | str | Path, dst: Path) -> tuple[Path, str]:
 
 
 def model_artifacts(learner: Learner | str | Path, classifier: Learner | str | Path | None, shards_dir: Path,
-                    tmp: Path) -> tuple[dict[str, str], str, str, bool]:
+                    tmp: Path, representation: str | Path | None = None) -> tuple[dict[str, str], str, str, bool]:
     """The files the pyfunc carries and the learners' names, and whether it uses structure features.
 
-    Files: the learners, feature_stats.parquet, and the featurizer (featurizer.json with the
-    feature names and settings, featurizer_tables.npz with the elemental tables).
+    Files: the learners, feature_stats.parquet, the featurizer (featurizer.json with the feature
+    names and settings, featurizer_tables.npz with the elemental tables) and, for a head on the
+    transfer representation, the representation (its LightGBM members and out-of-fold table), so a
+    consumer's formula gets the same vector the head was evaluated on.
     """
-    artifacts = {"feature_stats": str(shards_dir / "feature_stats.parquet")}
+    artifacts = {"feature_stats": str(shards_dir / S.FEATURE_STATS_FILE)}
     reg_path, reg_name = learner_file(learner, tmp / "regressor.pt")
     artifacts["regressor"] = str(reg_path)
     cls_name = ""
     if classifier is not None:
         cls_path, cls_name = learner_file(classifier, tmp / "classifier.pt")
         artifacts["classifier"] = str(cls_path)
+    if representation is not None:
+        artifacts["representation"] = str(copy_representation(Path(representation), tmp / "representation"))
     names = io.read_parquet(Path(artifacts["feature_stats"]))["feature"].tolist()
     artifacts.update(export_featurizer(names, tmp))
     structure = bool(json.loads((tmp / FEATURIZER_FILE).read_text())["structure_names"])

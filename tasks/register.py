@@ -73,7 +73,8 @@ def register(shards_dir: str, trained: dict[str, dict[str, Any]], evaluation: di
             configs={**configs, "train": configs.get("train", {}).get(name, {})},
             history=result["history"], metrics=result.get("metrics"), scores=evaluation["scores_csv"],
             scores_learner=name, report_files=reports, manifests=manifests, cfg=cfg,
-            register=name == candidate, run_name=run_name(name), tags=tags)
+            register=name == candidate, run_name=run_name(name), tags=tags,
+            representation=Path(result["vectors"]).parent if result.get("vectors") else None)
         logger.info("MLflow run %s for %s%s", runs[name]["run_id"], name,
                     f" -> {cfg.model_name} version {runs[name]['version']}" if name == candidate else "")
     result = {"candidate": candidate, "selection": selection, **runs[candidate], "runs": runs,

@@ -103,7 +103,7 @@ def evaluate_learners(work: WorkDir, shards_dir: Path, checkpoints: dict[str, st
         if not tasks:
             continue
         runs.append((tasks, {**plain, **_baselines(sampler.n_features, task_type, wanted)}))
-        if vectors is not None and (on_vectors or task_type == "regression"):
+        if vectors is not None:
             rep_sampler = TaskSampler(shards_dir, 1, 1, 1, seed=cfg.seed, task_type=task_type, vectors=vectors)
             rep_tasks = [t for split in S.META_TEST_SPLITS for t in rep_sampler.tasks(split, need)]
             rep_baselines = tuple(b for b in REPRESENTATION_BASELINES if b in wanted)

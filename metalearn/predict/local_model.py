@@ -50,7 +50,7 @@ class MetalearnModel:
         """From the pyfunc's artifact paths: regressor, classifier (optional), feature_stats, featurizer(_tables)."""
         return cls(Predictor.from_files(artifacts["regressor"], artifacts.get("classifier"),
                                         artifacts["feature_stats"], artifacts.get("featurizer"),
-                                        artifacts.get("featurizer_tables")))
+                                        artifacts.get("featurizer_tables"), artifacts.get("representation")))
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike) -> MetalearnModel:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from metalearn import io
+from metalearn.chemistry import reduced_formula
 from metalearn.features.composition import FEATURE_SET_VERSION
 from metalearn.features.structure import featurize_structures
 from metalearn.predict.featurizer import TABLES_FILE, CarriedFeaturizer, stage_featurize
@@ -129,11 +130,18 @@ class Predictor:
         classifier: a classification Learner (0/1 targets, predicts P(y=1)), or None.
         feature_stats: DataFrame feature, mean, std (the shards' meta-train standardisation).
         featurizer: the featurizer the model carries; None: the features stage's own (matminer).
+        representation: the transfer representation, for a regressor that reads its vectors
+            (``learner.name`` in REPRESENTATION_LEARNERS): a formula's vector is its members'
+            out-of-fold value where it was a training material, else their prediction; standardised.
     """
 
     def __init__(self, regressor: Any, classifier: Any | None, feature_stats: pd.DataFrame,
-                 featurizer: CarriedFeaturizer | None = None) -> None:
+                 featurizer: CarriedFeaturizer | None = None, representation: Any | None = None) -> None:
         self.regressor, self.classifier, self.featurizer = regressor, classifier, featurizer
+        self.representation = representation
+        if getattr(regressor, "wants_raw_targets", False) and representation is None:
+            raise ValueError(f"regressor {regressor.name!r} reads the transfer representation, which the model "
+                             "does not carry")
         self.feature_names: list[str] = feature_stats["feature"].tolist()
         self.mean_ = feature_stats["mean"].to_numpy(np.float64)
         self.std_ = feature_stats["std"].to_numpy(np.float64)
@@ -143,15 +151,22 @@ class Predictor:
 
     @classmethod
     def from_files(cls, regressor: str | Path, classifier: str | Path | None, feature_stats: str | Path,
-                   featurizer: str | Path | None = None, tables: str | Path | None = None) -> Predictor:
-        """Rebuild from save_learner files, feature_stats.parquet and the carried featurizer files."""
+                   featurizer: str | Path | None = None, tables: str | Path | None = None,
+                   representation: str | Path | None = None) -> Predictor:
+        """Rebuild from save_learner files, feature_stats.parquet, the carried featurizer and representation."""
         carried = None
         if featurizer is not None and (tables is not None or Path(featurizer).with_name(TABLES_FILE).exists()):
             carried = CarriedFeaturizer.from_files(featurizer, tables)
         elif featurizer is not None:
             _check_version(Path(featurizer))
+        rep = None
+        if representation is not None:
+            # deferred: lightgbm, needed only by a model whose regressor is a head on the representation
+            from metalearn.represent.transfer import TransferRepresentation
+
+            rep = TransferRepresentation.load(representation)
         return cls(_load_cpu(regressor), _load_cpu(classifier) if classifier else None,
-                   io.read_parquet(Path(feature_stats)), carried)
+                   io.read_parquet(Path(feature_stats)), carried, rep)
 
     # --- features ---
 
@@ -210,6 +225,23 @@ class Predictor:
                 self._memo.popitem(last=False)
         return out
 
+    def inputs(self, learner: Any, formulas: Sequence[str], cifs: Sequence[str | None] | None = None,
+               where: Where | None = None) -> np.ndarray:
+        """What ``learner`` reads for these rows: its representation vectors, or the standardised features."""
+        if not getattr(learner, "wants_raw_targets", False):
+            return self.features(formulas, cifs, where)
+        where = where or (lambda i: f"row {i + 1} (1-based)")
+        distinct = list(dict.fromkeys(formulas))
+        first = {f: i for i, f in reversed(list(enumerate(formulas)))}
+        raw = self._raw(distinct, None, lambda j: where(first[distinct[j]]))  # refuses what the stage refuses
+        rep = self.representation
+        names = rep.feature_names_
+        x = pd.DataFrame(raw, columns=self.feature_names)[names].to_numpy(np.float64)
+        keys = [reduced_formula(f) for f in distinct]
+        z = rep.standardise(rep.represent(keys, x)).astype(np.float32)
+        at = {f: j for j, f in enumerate(distinct)}
+        return z[[at[f] for f in formulas]]
+
     # --- adapt and predict ---
 
     def adapt(self, task: Task, task_type: str | None = None, transform: str = "none",
@@ -228,7 +260,8 @@ class Predictor:
         def where(i: int) -> str:  # a kept support row, named by its place in the input
             return named(rows[i])
 
-        x_s = torch.as_tensor(self.features(task.support_formulas, task.support_cifs, where))  # (k, F)
+        learner = self.classifier if chosen == "classification" else self.regressor
+        x_s = torch.as_tensor(self.inputs(learner, task.support_formulas, task.support_cifs, where))  # (k, F)
         if chosen == "classification":
             state = self.classifier.adapt(x_s, torch.as_tensor(task.y_support, dtype=torch.float32))
             return AdaptedTask(self.classifier, state, chosen, "none")
@@ -236,6 +269,9 @@ class Predictor:
             i = int(np.flatnonzero(task.y_support <= 0)[0])
             raise InputError(f"{where(i)}: target {task.y_support[i]:g} is not positive; the log10 transform needs "
                              "strictly positive targets")
+        if getattr(self.regressor, "wants_raw_targets", False):  # a head takes the unit and picks its own transform
+            state = self.regressor.adapt(x_s, torch.as_tensor(np.asarray(task.y_support, np.float64)))
+            return AdaptedTask(self.regressor, state, chosen, "none", 0.0, 1.0, float(np.max(np.abs(task.y_support))))
         y = np.asarray(forward_transform(task.y_support, transform), dtype=np.float64)
         mean, std, y_norm = support_stats64(y)
         y_norm = torch.as_tensor(y_norm, dtype=torch.float32)
@@ -248,7 +284,7 @@ class Predictor:
 
         A chunk should start at a multiple of PREDICT_BATCH (see :func:`aligned_chunk`).
         """
-        x_q = self.features(formulas, cifs, where)
+        x_q = self.inputs(adapted.learner, formulas, cifs, where)
         mu, sd = adapted.predict(x_q)
         adapted.check_finite(mu, sd, formulas, where)
         return mu, sd

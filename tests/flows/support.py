@@ -37,7 +37,7 @@ TINY: dict[str, Any] = {
     "profile": "quick",
     "ingest": {"max_rows_per_dataset": 60, "datasets": TINY_DATASETS},
     "shards": {"min_task_rows": 30},
-    "train": {"train": {"max_steps": 20, "eval_every": 10}},
+    "train": {"max_steps": 20, "eval_every": 10},
     "registry": {"min_improvement": -1.0, "min_win_rate": 0.0},
 }
 

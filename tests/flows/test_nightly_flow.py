@@ -18,8 +18,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 pytestmark = pytest.mark.slow
 
-CACHED_STAGES = {"assemble-features", "build-shards", "meta-train-fomaml", "meta-train-metric", "evaluate",
-                 "register", "promote"}
+CACHED_STAGES = {"represent", "meta-train-fomaml", "meta-train-metric", "meta-train-meta_transfer",
+                 "meta-train-transfer_huber", "evaluate", "register", "promote"}
+REPUBLISHED = {"republish-represent", "republish-evaluate", "republish-register", "republish-promote"}
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
@@ -60,8 +61,10 @@ def test_nightly_ends_with_a_registered_champion(first_run):
     assert out["source"] == "bundled" and out["decision"] == "promoted" and out["champion"] == out["model_version"]
     assert Path(out["oc_snapshot"]).parent.name == "oc"
     assert out["shards_counts"]["tasks"] > 5
-    assert set(out["trained"]) == {"fomaml", "metric", "protonet", "pretrained_ridge"}
-    assert out["candidate"] in {"fomaml", "metric"}  # baselines are scored, never registered
+    assert set(out["trained"]) == {"fomaml", "metric", "meta_transfer", "transfer_huber", "protonet",
+                                   "pretrained_ridge"}
+    assert out["candidate"] in {"fomaml", "metric", "meta_transfer", "transfer_huber"}  # baselines: never registered
+    assert set(out["stage_seconds"]) == {"ingest", "features", "shards", "represent", "train", "evaluate", "register"}
     from metalearn.ingest.snapshot import read_table
 
     combined = read_table(Path(out["combined_snapshot"]), "records")
@@ -87,10 +90,13 @@ def test_nightly_records_artifacts(first_run):
     by_key = {a.key: a for a in artifacts}
     expected = {"metalearn-ingest-bundled", "metalearn-ingest-oc", "metalearn-features", "metalearn-shards",
                 "metalearn-tasks-index", "metalearn-train-fomaml", "metalearn-train-metric",
-                "metalearn-evaluation", "metalearn-evaluation-table", "metalearn-promotion", "metalearn-mlflow-run"}
+                "metalearn-evaluation", "metalearn-evaluation-table", "metalearn-promotion", "metalearn-mlflow-run",
+                "metalearn-representation", "metalearn-champion", "metalearn-evaluate-progress"}
     assert expected <= set(by_key)
     assert by_key["metalearn-train-fomaml"].type == "progress" and float(by_key["metalearn-train-fomaml"].data) == 100
     assert by_key["metalearn-evaluation-table"].type == "table"
+    assert float(by_key["metalearn-evaluate-progress"].data) == 100
+    assert by_key["metalearn-evaluation"].data.count("# k-shot evaluation") == 1  # one heading
     assert "Quarantine reasons" in by_key["metalearn-ingest-bundled"].data
     assert "Tasks per split" in by_key["metalearn-shards"].data
     promotion = by_key["metalearn-promotion"].data
@@ -98,7 +104,7 @@ def test_nightly_records_artifacts(first_run):
 
 
 def test_one_nightly_at_a_time_limit_exists_and_is_free(first_run):
-    from flows.nightly import NIGHTLY_LIMIT
+    from flows.slots import NIGHTLY_LIMIT
 
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(NIGHTLY_LIMIT)
@@ -117,12 +123,22 @@ def test_rerun_with_unchanged_inputs_hits_the_caches(first_run):
     states = _task_states(state.state_details.flow_run_id)
     assert {name: states.get(name) for name in CACHED_STAGES} == dict.fromkeys(CACHED_STAGES, "Cached")
     assert not any(name.startswith("featurize-chunk") for name in states)  # the plan found the features
+    assert REPUBLISHED <= {name for name, s in states.items() if s == "Completed"}
     assert state.result()["model_version"] == first.result()["model_version"]
     import mlflow
 
-    runs = mlflow.MlflowClient(resolve_tracking_uri(None, workdir)).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(resolve_tracking_uri(None, workdir)).search_experiments()])
-    assert len(runs) == 2  # one per learner, from the first run only
+    client = mlflow.MlflowClient(resolve_tracking_uri(None, workdir))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 4  # one per registered regression learner, from the first run only
+    assert len(client.search_model_versions("name = 'metalearn'")) == 1
+    # Tonight's run page (served from the cache) still names tonight's champion.
+    with get_client(sync_client=True) as prefect_client:
+        artifacts = prefect_client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    champion = state.result()["champion"]
+    assert f"version **{champion}**" in by_key["metalearn-champion"].data
+    assert {"metalearn-evaluation", "metalearn-promotion", "metalearn-representation"} <= set(by_key)
     assert seconds < 60, f"rerun took {seconds:.1f} s"
     print(f"rerun: {seconds:.1f} s")
 

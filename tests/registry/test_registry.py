@@ -314,3 +314,23 @@ def test_the_scoring_server_answers_400_with_the_reason_and_no_traceback(champio
             assert error["error_code"] == "INVALID_PARAMETER_VALUE" and reason in error["message"], error
             assert "Traceback" not in body and "stack_trace" not in error and str(REPO_ROOT) not in body
             assert "/tmp" not in error["message"].split("Error:")[-1]
+
+
+def test_unchanged_inputs_reuse_the_run_and_version_changed_ones_add_exactly_one(store):
+    """The register step is keyed by what it records: a rerun adds no run and no version."""
+    name = "idempotent"
+    client = MlflowClient(store["uri"])
+    first = log(store, name, [0.4] * 4, [1.0] * 4)
+    experiment = first["experiment_id"]
+    runs_before = len(client.search_runs([experiment]))
+    versions_before = len(client.search_model_versions(f"name = '{name}'"))
+    again = log(store, name, [0.4] * 4, [1.0] * 4, run_name="a-different-name", tags={"prefect.flow_run_id": "x"})
+    assert again["reused"] and not first["reused"]
+    assert (again["run_id"], again["version"], again["model_uri"]) == (first["run_id"], first["version"],
+                                                                       first["model_uri"])
+    assert len(client.search_runs([experiment])) == runs_before
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions_before
+    changed = log(store, name, [0.3] * 4, [1.0] * 4)  # new scores: a new run and exactly one new version
+    assert not changed["reused"] and changed["version"] == str(int(first["version"]) + 1)
+    assert len(client.search_runs([experiment])) == runs_before + 1
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions_before + 1

@@ -41,6 +41,42 @@ def amp_autocast(device: torch.device, amp: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
+class LazyOptimizer:
+    """An optimiser built on first use, with any loaded state applied then.
+
+    Why: constructing ``torch.optim.AdamW`` imports torch's compiler machinery (0.7-2 s), which a
+    model that is only loaded to predict never needs. Training code uses it as the optimiser itself
+    (attribute access builds it); ``state_dict``/``load_state_dict`` work without building it.
+    """
+
+    def __init__(self, build: Callable[[], torch.optim.Optimizer]) -> None:
+        self._build = build
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def get(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = self._build()
+            if self._pending is not None:
+                self._optimizer.load_state_dict(self._pending)
+                self._pending = None
+        return self._optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._optimizer is None and self._pending is not None:
+            return self._pending
+        return self.get().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._optimizer is None:
+            self._pending = state
+        else:
+            self._optimizer.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:  # zero_grad, step, state, param_groups, ...
+        return getattr(self.get(), name)
+
+
 def adamw(
     decayed: Iterable[nn.Parameter],
     undecayed: Iterable[nn.Parameter] = (),
@@ -48,8 +84,8 @@ def adamw(
     lr: float,
     weight_decay: float,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on ``decayed`` only (network weights, not lrs or kernel scales).
+) -> LazyOptimizer:
+    """AdamW with weight decay on ``decayed`` only (network weights, not lrs or kernel scales), built lazily.
 
     The second param group exists only when ``undecayed`` is non-empty, so a learner with one group
     keeps a one-group optimiser state. ``fused=None`` is torch's default implementation.
@@ -58,7 +94,7 @@ def adamw(
     rest = list(undecayed)
     if rest:
         groups.append({"params": rest, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return LazyOptimizer(lambda: torch.optim.AdamW(groups, lr=lr, fused=fused))
 
 
 def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
