@@ -72,16 +72,16 @@ def build_store(root: Path) -> str:
     torch.set_num_threads(1)
     from metalearn import io, registry
     from metalearn import schema as S
+    from metalearn.evaluate.gate import RegistryConfig
     from metalearn.features.composition import featurize_compositions
     from metalearn.learn.learners import build_learner
-    from metalearn.registry import RegistryConfig
 
     shards = root / "shards"
     shards.mkdir(parents=True)
     features, _ = featurize_compositions(bundled(5000, 1)["formula"].tolist())
     values = features.to_numpy()
     mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
-    io.write_parquet_atomic(shards / "feature_stats.parquet", pd.DataFrame({
+    io.write_parquet_atomic(shards / S.FEATURE_STATS_FILE, pd.DataFrame({
         "feature": list(features.columns), "mean": np.where(np.isfinite(mean), mean, 0.0),
         "std": np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)}))
     io.write_manifest(shards, S.Manifest(stage="shards", source="bundled", content_hash="bench" + "0" * 59,

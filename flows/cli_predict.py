@@ -14,6 +14,7 @@ from pathlib import Path
 from metalearn.predict.consumer import predict_csv
 from metalearn.predict.local_model import MetalearnModel, cached_model_dir
 from metalearn.predict.predictor import CHUNK_ROWS
+from metalearn.schema import TASK_TYPES
 
 
 class _Bar:
@@ -77,7 +78,7 @@ def add_predict_parser(sub, add_workdir) -> None:
     predict.add_argument("--support", required=True, help="CSV with formula,target (optional cif)")
     predict.add_argument("--query", required=True, help="CSV with formula (optional cif)")
     predict.add_argument("--output", required=True, help="CSV to write (never one of the inputs)")
-    predict.add_argument("--task-type", choices=["regression", "classification"], default=None)
+    predict.add_argument("--task-type", choices=list(TASK_TYPES), default=None)
     predict.add_argument("--transform", choices=["none", "log10"], default="none")
     predict.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
                          help="query rows featurized and predicted at once (bounds memory; rounded up to a multiple of 256)")

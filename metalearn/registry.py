@@ -55,14 +55,12 @@ from metalearn.evaluate.gate import (
     compare_versions,
     decision_record,
     eval_protocol,
-    paired_gate,
 )
 from metalearn.layout import WorkDir
 from metalearn.learn.learners.base import Learner
 from metalearn.predict.model_cache import ModelCache, parse_model_uri, resolve_tracking_uri
 from metalearn.run_record import (
     content_key,
-    git_commit,
     learner_tags,
     lineage,
     metric_points,
@@ -439,6 +437,3 @@ def fetch_model_copy(uri: str, tracking_uri: str | None = None, workdir: str | o
     return ModelCache(WorkDir.resolve(workdir).model_cache()).fill(store, uri, resolve_model_version, download_model)
 
 
-__all__ = ["CHALLENGER", "CHAMPION", "SIGNATURE", "RegistryConfig", "download_model", "eval_protocol",
-           "fetch_model_copy", "git_commit", "load_champion", "load_model", "log_training_run", "paired_gate", "pip_requirements",
-           "promote", "resolve_model_version", "resolve_tracking_uri"]

@@ -22,7 +22,8 @@ from metalearn import io
 from metalearn.config import from_dict, to_jsonable
 from metalearn.evaluate.gate import RegistryConfig, choose_candidate
 from metalearn.learn.stage import task_type_of
-from metalearn.registry import log_training_run, promote, resolve_tracking_uri
+from metalearn.predict.model_cache import resolve_tracking_uri
+from metalearn.registry import log_training_run, promote
 from tasks._common import artifact_key, content_of, manifest_hash, markdown_table, stamp
 
 

@@ -33,9 +33,9 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
     lock = tmp_path / ".lock"
     proc = hold(lock, 30)
     try:
-        with pytest.raises(LockedError, match=f"pid {proc.pid} .*holds the work directory {tmp_path}"):
-            with WorkDirLock(lock, wait_s=0):
-                pass
+        with pytest.raises(LockedError, match=f"pid {proc.pid} .*holds the work directory {tmp_path}"), \
+                WorkDirLock(lock, wait_s=0):
+            pass
         assert holder_of(lock)["pid"] == proc.pid
     finally:
         proc.kill()

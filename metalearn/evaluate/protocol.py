@@ -162,6 +162,10 @@ def predict_episode(
     if task.task_type == "classification":
         state = learner.adapt(x_s, y_s)
         return learner.predict(state, x_q).mean.detach().cpu().double().numpy()
+    if getattr(learner, "wants_raw_targets", False):  # a head that picks its own transform from the support
+        y_unit = torch.as_tensor(inverse_transform(np.asarray(task.y[support], float), task.transform),
+                                 dtype=torch.float64, device=device)
+        return learner.predict(learner.adapt(x_s, y_unit), x_q).mean.detach().cpu().double().numpy()
     y_norm, mean, std = normalise_support(y_s)
     state = learner.adapt(x_s, y_norm)
     pred = learner.predict(state, x_q).mean.detach().double() * std.double() + mean.double()
@@ -178,7 +182,7 @@ def predict_draws(
     support statistics are still taken per draw (torch's batched std differs in the last bit).
     """
     adapt_batch = getattr(learner, "adapt_batch", None)
-    if adapt_batch is None:
+    if adapt_batch is None or getattr(learner, "wants_raw_targets", False):
         return [predict_episode(learner, task, s, q, device) for s, q in zip(supports, queries)]
     x_s, y_s = _tensors(task, supports, device)  # (D, k, F), (D, k)
     x_q = torch.as_tensor(task.x[queries], dtype=torch.float32, device=device)  # (D, q, F)

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from metalearn.chemistry import composition_key, parse_composition
+from metalearn.schema import TASK_TYPES
 
 ROLE, FORMULA, CIF, TARGET, TASK_TYPE = "role", "formula", "cif", "target", "task_type"
 SUPPORT, QUERY = "support", "query"
-TASK_TYPES = ("regression", "classification")
 MIN_SUPPORT = 2
 INJECTION_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -226,7 +226,3 @@ def check_table(table: pd.DataFrame) -> Task:
                       _table_task_type(table))
 
 
-__all__ = ["CIF", "FORMULA", "INJECTION_PREFIXES", "MIN_SUPPORT", "QUERY", "ROLE", "SUPPORT", "TARGET",
-           "TASK_TYPE", "TASK_TYPES", "InputError", "Task", "build_task", "cell_text", "check_formula",
-           "check_table", "choose_task_type", "dedupe_support", "material_key", "parse_targets",
-           "refuse_injection", "resolve_formulas"]

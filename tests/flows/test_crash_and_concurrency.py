@@ -40,7 +40,8 @@ def test_a_second_run_is_refused_and_a_killed_run_blocks_nothing(tmp_path):
         wait_for(lambda: (tmp_path / ".lock").exists() and (tmp_path / ".lock").read_text().strip(), 120,
                  "the first run to take the work directory lock")
         second = subprocess.run([str(BIN / "metalearn"), "run", "--workdir", str(tmp_path), "--params",
-                                 json.dumps(TINY)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                                 json.dumps(TINY)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                                check=False)
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"another run (pid {first.pid}" in second.stderr and "holds the work directory" in second.stderr
         assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
@@ -55,7 +56,7 @@ def test_a_second_run_is_refused_and_a_killed_run_blocks_nothing(tmp_path):
             first.wait()
 
     third = subprocess.run([str(BIN / "metalearn"), "run", "--workdir", str(tmp_path), "--params", json.dumps(TINY)],
-                           cwd=REPO, capture_output=True, text=True, timeout=900)
+                           cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "decision:" in third.stdout and "stage evaluate:" in third.stdout
     # The dead run's slot was found and freed at once (this run holds the lock, so it must be stale).

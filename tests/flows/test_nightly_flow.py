@@ -53,7 +53,8 @@ def first_run(prefect_harness, tmp_path_factory):
 
 
 def test_nightly_ends_with_a_registered_champion(first_run):
-    from metalearn.registry import load_champion, resolve_tracking_uri
+    from metalearn.predict.model_cache import resolve_tracking_uri
+    from metalearn.registry import load_champion
 
     workdir, state, seconds = first_run
     assert state.is_completed(), state.message
@@ -113,7 +114,7 @@ def test_one_nightly_at_a_time_limit_exists_and_is_free(first_run):
 
 def test_rerun_with_unchanged_inputs_hits_the_caches(first_run):
     from flows.nightly import nightly
-    from metalearn.registry import resolve_tracking_uri
+    from metalearn.predict.model_cache import resolve_tracking_uri
 
     workdir, first, _ = first_run
     started = time.monotonic()

@@ -33,7 +33,7 @@ def registry_store(shards, tmp_path_factory) -> dict:
     from score_tables import scores_table
 
     from metalearn import registry
-    from metalearn.registry import RegistryConfig
+    from metalearn.evaluate.gate import RegistryConfig
 
     root = tmp_path_factory.mktemp("predict-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -19,8 +19,8 @@ from score_tables import SETTING, scores_table
 from servers import FORMULAS, make_shards, mlflow_server, tiny_learners
 
 from metalearn import registry
+from metalearn.evaluate.gate import RegistryConfig
 from metalearn.learn.train import TrainConfig
-from metalearn.registry import RegistryConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRET = "mpkey-" + "q7" * 13  # 32 characters, like a real MP key

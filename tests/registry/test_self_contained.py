@@ -26,7 +26,7 @@ from score_tables import scores_table
 from servers import FORMULAS, make_shards, tiny_learners
 
 from metalearn import registry
-from metalearn.registry import RegistryConfig
+from metalearn.evaluate.gate import RegistryConfig
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

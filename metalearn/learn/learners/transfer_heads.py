@@ -17,7 +17,10 @@ Heads (all closed-form or tiny iterative fits; adapt + predict on 10 / 100 rows 
   support's own unit and predicts with the best (``ensemble=m`` averages the best m).
 
 ``feature_weights`` (P,) multiplies the (standardised) representation before any head: a prior over
-which transfer features matter. :class:`MetaTransferHead` meta-learns it across meta-train tasks.
+which transfer features matter. ``alpha`` / ``alpha_by_k`` fix the ridge penalty of ``ridge`` and
+``huber`` instead of choosing it by support LOO (which is noisy at k = 5-10). :class:`MetaTransferHead`
+meta-learns both across meta-train tasks: the weights as mean |Spearman| relevance, the penalty per
+support size by simulated k-shot episodes (``alpha_by_k``).
 
 Example:
     >>> head = TransferHead(n_features=30, head="auto")
@@ -40,6 +43,15 @@ HEADS = ("ridge", "huber", "gp", "knn", "median", "auto")
 ALPHAS = np.logspace(-2, 4, 25)
 KNN_NEIGHBOURS = (1, 2, 3, 5)
 HUBER_C = 1.345  # Huber's constant, in units of the robust residual scale
+META_ALPHAS = np.logspace(-1, 2.5, 15)  # the ridge penalties MetaTransferHead scores on episodes
+META_KS = (5, 10, 20)  # support sizes of its episodes
+
+
+def alpha_for_k(alpha_by_k, k: int) -> float:
+    """Penalty for support size k from [[k_i, alpha_i], ...]: linear in log-log, held flat beyond the ends."""
+    pairs = sorted((float(a), float(b)) for a, b in alpha_by_k)
+    ks, alphas = np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs])
+    return float(np.exp(np.interp(np.log(max(k, 1)), ks, alphas)))
 
 
 def log_rule(y: np.ndarray) -> bool:
@@ -205,6 +217,9 @@ class TransferHead:
             each side (in the transformed space); a linear head extrapolating in log space would
             otherwise predict exp(large). None: no clipping. Default 0 (the support range; chosen on
             the validation protocol over None / 0.25 / 0).
+        alpha: fixed ridge penalty of ``ridge`` / ``huber`` (None: chosen by support LOO).
+        alpha_by_k: [[k, alpha], ...]: the penalty as a function of the support size (log-log
+            interpolation, :func:`alpha_for_k`); takes precedence over ``alpha``. None: unused.
     """
 
     meta_trainable = False
@@ -213,7 +228,7 @@ class TransferHead:
     def __init__(self, n_features: int, task_type: str = "regression", head: str = "auto",
                  candidates: tuple[str, ...] = ("ridge", "huber", "gp", "knn", "median"), ensemble: int = 1,
                  allow_log: bool = True, feature_weights: list[float] | None = None, clip: float | None = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, alpha: float | None = None, alpha_by_k: list | None = None) -> None:
         if check_task_type(task_type) != "regression":
             raise ValueError("transfer heads are regression learners; got task_type='classification'")
         if head not in HEADS:
@@ -226,15 +241,24 @@ class TransferHead:
         self.hyperparams = {"head": head, "candidates": tuple(candidates), "ensemble": int(ensemble),
                             "allow_log": bool(allow_log), "seed": int(seed),
                             "clip": None if clip is None else float(clip),
+                            "alpha": None if alpha is None else float(alpha),
+                            "alpha_by_k": None if alpha_by_k is None else [[int(a), float(b)] for a, b in alpha_by_k],
                             "feature_weights": None if feature_weights is None else [float(v) for v in feature_weights]}
 
     def _weights(self) -> np.ndarray:
         w = self.hyperparams["feature_weights"]
         return np.ones(self.n_features) if w is None else np.asarray(w, dtype=float)
 
+    def fixed_alpha(self, k: int) -> float | None:
+        """The ridge penalty for a support of k rows, or None (choose by support LOO)."""
+        h = self.hyperparams
+        if h.get("alpha_by_k"):
+            return alpha_for_k(h["alpha_by_k"], k)
+        return h.get("alpha")
+
     def _fit_one(self, name: str, x: np.ndarray, z: np.ndarray, alpha: float | None):
         if name == "ridge":
-            pred, loo, _ = fit_ridge(x, z)
+            pred, loo, _ = fit_ridge(x, z, ALPHAS if alpha is None else np.array([alpha]))
             return pred, loo
         if name == "huber":
             return fit_huber(x, z, alpha if alpha is not None else fit_ridge(x, z)[2])
@@ -257,10 +281,10 @@ class TransferHead:
             pred, _ = fit_median(z)
             return HeadState(space, [pred], ["median"], {}, self._range(z))
         names = h["candidates"] if h["head"] == "auto" else (h["head"],)
-        fits, alpha = {}, None
+        fits, alpha = {}, self.fixed_alpha(len(y))
         for name in names:
             if name == "ridge":
-                pred, loo, alpha = fit_ridge(x, z)
+                pred, loo, alpha = fit_ridge(x, z, ALPHAS if alpha is None else np.array([alpha]))
                 fits[name] = (pred, loo)
             else:
                 fits[name] = self._fit_one(name, x, z, alpha)
@@ -315,27 +339,38 @@ def feature_relevance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 class MetaTransferHead(TransferHead):
-    """:class:`TransferHead` (``huber`` by default) whose feature weights are meta-learned across meta-train tasks.
+    """:class:`TransferHead` (``huber`` by default) whose feature weights and ridge penalty are meta-learned.
 
     What one task of 10 rows cannot know: which transfer features carry signal for properties in
-    general. Across meta-train tasks, each column's mean |Spearman correlation| with the task
-    targets (only over tasks whose own family is not that column's family: a property's own
-    member would trivially predict it) becomes ``weight ** gamma``, normalised to mean 1, which
-    multiplies the representation before every head (a ridge/GP/kNN prior on relevance).
+    general, and how hard to shrink. Across meta-train tasks, each column's mean |Spearman
+    correlation| with the task targets (only over tasks whose own family is not that column's
+    family: a property's own member would trivially predict it) becomes ``weight ** gamma``,
+    normalised to mean 1, which multiplies the representation before every head (a
+    ridge/GP/kNN prior on relevance).
+
+    With ``meta_alpha`` (default) the ridge penalty is meta-learned too: k-shot episodes drawn
+    from the meta-train tasks (the task's own-family columns zeroed, as for an unseen family) are
+    scored, MAE/MAD of the query, for each penalty in :data:`META_ALPHAS`; per support size the
+    best mean becomes ``hyperparams["alpha_by_k"]``. Support LOO picks the penalty from 10 rows
+    and is noisy; the episodes' choice was better on the validation protocol at every k.
 
     ``meta_fit(tasks)`` is the direct route; ``meta_train_step(batch)`` accumulates the same
-    statistic from episodes (support + query rows, no family mask).
+    statistics from episodes (support + query rows, no family mask).
     """
 
     meta_trainable = True
 
-    def __init__(self, n_features: int, task_type: str = "regression", gamma: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, n_features: int, task_type: str = "regression", gamma: float = 1.0,
+                 meta_alpha: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("head", "huber")  # chosen on the validation protocol (over auto, auto x3 ensemble)
         super().__init__(n_features, task_type, **kwargs)
         self.name = "meta_transfer"
         self.hyperparams["gamma"] = float(gamma)
+        self.hyperparams["meta_alpha"] = bool(meta_alpha)
         self.relevance_sum_ = np.zeros(self.n_features)
         self.relevance_count_ = np.zeros(self.n_features)
+        self.alpha_loss_sum_: dict[int, np.ndarray] = {}  # support size -> (len(META_ALPHAS),) summed MAE/MAD
+        self.alpha_loss_count_: dict[int, int] = {}
 
     def _update(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None) -> None:
         ok = np.ones(self.n_features, bool) if mask is None else np.asarray(mask, bool)
@@ -346,24 +381,76 @@ class MetaTransferHead(TransferHead):
         w = mean_rel ** self.hyperparams["gamma"]
         self.hyperparams["feature_weights"] = (w / w.mean() if w.mean() > 0 else np.ones_like(w)).tolist()
 
-    def meta_fit(self, tasks) -> MetaTransferHead:
-        """tasks: iterable of (x (n, P), y (n,), mask (P,) bool or None: columns allowed for this task)."""
+    def _score_alphas(self, xs: np.ndarray, ys: np.ndarray, xq: np.ndarray, yq: np.ndarray) -> None:
+        """Add one episode's MAE/MAD at every penalty of :data:`META_ALPHAS` (current feature weights)."""
+        mad = float(np.mean(np.abs(yq - yq.mean())))
+        if len(ys) < 3 or len(yq) == 0 or not mad > 0:
+            return
+        saved = self.hyperparams["alpha"], self.hyperparams["alpha_by_k"]
+        self.hyperparams["alpha_by_k"] = None
+        losses = np.empty(len(META_ALPHAS))
+        try:
+            for i, a in enumerate(META_ALPHAS):
+                self.hyperparams["alpha"] = float(a)
+                pred = self.predict(self.adapt(torch.as_tensor(xs), torch.as_tensor(ys)), torch.as_tensor(xq))
+                losses[i] = np.mean(np.abs(pred.mean.double().numpy() - yq)) / mad
+        finally:
+            self.hyperparams["alpha"], self.hyperparams["alpha_by_k"] = saved
+        if not np.all(np.isfinite(losses)):
+            return
+        k = len(ys)
+        self.alpha_loss_sum_[k] = self.alpha_loss_sum_.get(k, np.zeros(len(META_ALPHAS))) + losses
+        self.alpha_loss_count_[k] = self.alpha_loss_count_.get(k, 0) + 1
+        self._set_alpha_by_k()
+
+    def _set_alpha_by_k(self) -> None:
+        if self.hyperparams["meta_alpha"] and self.alpha_loss_sum_:
+            self.hyperparams["alpha_by_k"] = [[int(k), float(META_ALPHAS[int(np.argmin(v))])]
+                                              for k, v in sorted(self.alpha_loss_sum_.items())]
+
+    def meta_fit(self, tasks, ks: tuple[int, ...] = META_KS, n_episodes: int = 5, n_query: int = 100,
+                 seed: int = 0) -> MetaTransferHead:
+        """tasks: iterable of (x (n, P), y (n,), mask (P,) bool or None: columns allowed for this task).
+
+        y should be in the property's unit (what the head sees at test time; relevance is a rank
+        statistic, so any monotone transform gives the same weights). With ``meta_alpha``, after the
+        weights, ``n_episodes`` episodes per task and support size in ``ks`` choose the penalty.
+        """
+        tasks = [(np.asarray(x, float), np.asarray(y, float), mask) for x, y, mask in tasks]
         for x, y, mask in tasks:
-            self._update(np.asarray(x, float), np.asarray(y, float), mask)
+            self._update(x, y, mask)
+        if not self.hyperparams["meta_alpha"]:
+            return self
+        rng = np.random.default_rng(seed)
+        for x, y, mask in tasks:
+            x = np.nan_to_num(x) * (1.0 if mask is None else np.asarray(mask, float))
+            for k in ks:
+                if len(y) < k + 10:
+                    continue
+                for _ in range(n_episodes):
+                    perm = rng.permutation(len(y))
+                    s, q = perm[:k], perm[k:k + n_query]
+                    self._score_alphas(x[s], y[s], x[q], y[q])
         return self
 
     def meta_train_step(self, batch) -> dict[str, float]:
         for t in range(batch.n_tasks):
-            x = torch.cat([batch.x_support[t], batch.x_query[t]]).double().cpu().numpy()
-            y = torch.cat([batch.y_support[t], batch.y_query[t]]).double().cpu().numpy()
-            self._update(x, y, None)
+            xs, xq = batch.x_support[t].double().cpu().numpy(), batch.x_query[t].double().cpu().numpy()
+            ys, yq = batch.y_support[t].double().cpu().numpy(), batch.y_query[t].double().cpu().numpy()
+            self._update(np.concatenate([xs, xq]), np.concatenate([ys, yq]), None)
+            if self.hyperparams["meta_alpha"] and t == 0:  # one episode per step bounds the cost
+                self._score_alphas(xs, ys, xq, yq)
         return {"mean_relevance": float(np.mean(self.relevance_sum_ / np.maximum(self.relevance_count_, 1)))}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "relevance_sum": self.relevance_sum_.tolist(),
-                "relevance_count": self.relevance_count_.tolist()}
+                "relevance_count": self.relevance_count_.tolist(),
+                "alpha_loss_sum": {str(k): v.tolist() for k, v in self.alpha_loss_sum_.items()},
+                "alpha_loss_count": {str(k): int(v) for k, v in self.alpha_loss_count_.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.relevance_sum_ = np.asarray(state["relevance_sum"], float)
         self.relevance_count_ = np.asarray(state["relevance_count"], float)
+        self.alpha_loss_sum_ = {int(k): np.asarray(v, float) for k, v in state.get("alpha_loss_sum", {}).items()}
+        self.alpha_loss_count_ = {int(k): int(v) for k, v in state.get("alpha_loss_count", {}).items()}
