@@ -43,11 +43,12 @@ from lfo_report import markdown_report
 
 # Named variants (chosen on --protocol val): name -> spec "base+key=value+...".
 ALIASES = {
-    "meta_huber": "meta_auto+head=huber",  # the product learner: meta-learned feature weights + Huber ridge
+    "meta_huber": "meta_auto+head=huber",  # the product learner: meta-learned feature weights + penalty, Huber ridge
+    "meta_huber_loo": "meta_auto+head=huber+meta_alpha=0",  # the previous product: penalty by support LOO
     "meta_auto3": "meta_auto+ensemble=3",
     "transfer_auto3": "transfer_auto+ensemble=3+candidates=ridge/huber/gp/knn",
 }
-DEFAULT_LEARNERS = ("meta_huber", "meta_auto3", "transfer_huber", "transfer_auto3", "transfer_ridge",
+DEFAULT_LEARNERS = ("meta_huber", "meta_huber_loo", "meta_auto3", "transfer_huber", "transfer_auto3", "transfer_ridge",
                     "mean", "median", "knn", "rf", "rf_rep")
 PROTOCOLS = {"test": (0, 0), "val": (1, 1)}  # name -> (seed, material half)
 
@@ -71,8 +72,12 @@ def _value(text: str):
     return tuple(text.split("/")) if "/" in text else text
 
 
-def build_learners(names, n_rep: int, n_magpie: int, meta_relevance: np.ndarray | None, gamma: float):
-    """name -> (learner, input kind "rep"|"magpie", target kind "raw"|"curated")."""
+def build_learners(names, n_rep: int, n_magpie: int, meta_relevance: np.ndarray | None, gamma: float,
+                   meta_alpha_by_k: list | None = None):
+    """name -> (learner, input kind "rep"|"magpie", target kind "raw"|"curated").
+
+    ``meta_auto`` variants get MetaTransferHead's meta-learned weights (at their gamma) and, unless
+    ``meta_alpha=0``, its meta-learned ridge penalty per support size ``meta_alpha_by_k``."""
     from metalearn.learn.learners import build_learner
     from metalearn.learn.learners.transfer_heads import TransferHead
 
@@ -85,7 +90,9 @@ def build_learners(names, n_rep: int, n_magpie: int, meta_relevance: np.ndarray 
         elif base == "meta_auto":  # MetaTransferHead's weights at this variant's gamma
             w = meta_relevance ** float(kw.pop("gamma", gamma))
             w = (w / w.mean()).tolist()
-            out[name] = (TransferHead(n_rep, **{"head": "auto", **kw}, feature_weights=w), "rep", "raw")
+            alpha_by_k = meta_alpha_by_k if kw.pop("meta_alpha", 1) else None
+            out[name] = (TransferHead(n_rep, **{"head": "auto", **kw}, feature_weights=w, alpha_by_k=alpha_by_k),
+                         "rep", "raw")
         elif name == "median":
             out[name] = (None, "magpie", "raw")
         elif name == "rf_rep":
@@ -116,7 +123,8 @@ def _run_one(learner, x_s, y_s, x_q, kind: str, transform: str) -> np.ndarray:
 def meta_train_tasks(rep, rows: pd.DataFrame, family: str, n_rows: int = 400):
     """Meta-train tasks of one fold for :class:`MetaTransferHead`: every dataset of another family,
     ``n_rows`` rows of the *validation* material half (disjoint from the test half's materials),
-    with the column mask that hides members of the task's own family."""
+    targets in the property's unit (what the heads see), with the column mask that hides members
+    of the task's own family."""
     from metalearn.represent.stage import composition_features
 
     fam = np.array([m.family for m in rep.members_])
@@ -126,7 +134,7 @@ def meta_train_tasks(rep, rows: pd.DataFrame, family: str, n_rows: int = 400):
         part = part.iloc[_rng(7, dataset_id).permutation(len(part))[:n_rows]]
         keys = part["material_key"].to_numpy()
         z = rep.standardise(rep.represent(keys, composition_features(keys).loc[keys].to_numpy()))
-        yield z, part["y"].to_numpy(), fam != part["family"].iat[0]
+        yield z, part["y_raw"].to_numpy(), fam != part["family"].iat[0]
 
 
 def run(args) -> pd.DataFrame:
@@ -157,12 +165,14 @@ def run(args) -> pd.DataFrame:
     for family in families:
         rep = res.representation.subset(exclude_families=[family])
         assert family not in rep.families
-        meta_rel = None
+        meta_rel = meta_alpha = None
         if any(ALIASES.get(name, name).startswith("meta_auto") for name in args.learners):
-            from metalearn.learn.learners.transfer_heads import MetaTransferHead
+            from metalearn.learn.learners.meta_transfer import MetaTransferHead
 
             meta = MetaTransferHead(len(rep.members_)).meta_fit(meta_train_tasks(rep, rows, family))
             meta_rel = meta.relevance_sum_ / np.maximum(meta.relevance_count_, 1)
+            meta_alpha = meta.hyperparams["alpha_by_k"]
+            log(f"{family}: meta-learned ridge penalty per k {meta_alpha}")
         for dataset_id, part in reg[reg["family"] == family].groupby("dataset_id"):
             part = part[_half(part["material_key"].to_numpy()) == half].reset_index(drop=True)
             if len(part) < k_max + args.n_query:
@@ -183,7 +193,8 @@ def run(args) -> pd.DataFrame:
             mu, sd = np.nanmean(magpie, 0), np.nanstd(magpie, 0)
             x_mag[used] = np.nan_to_num((magpie - mu) / np.where(sd > 0, sd, 1.0))
             y = part["y_raw"].to_numpy()
-            learners = build_learners(args.learners, len(rep.members_), magpie.shape[1], meta_rel, args.gamma)
+            learners = build_learners(args.learners, len(rep.members_), magpie.shape[1], meta_rel, args.gamma,
+                                      meta_alpha)
             t_ds = time.perf_counter()
             for draw, query, supports in draws:
                 yq = y[query]

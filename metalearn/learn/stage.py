@@ -20,7 +20,7 @@ from metalearn import schema as S
 from metalearn.config import from_dict, to_jsonable
 from metalearn.layout import WorkDir
 from metalearn.learn.learners import REPRESENTATION_LEARNERS, build_learner, save_learner
-from metalearn.learn.sampling import TaskSampler
+from metalearn.learn.sampling import TaskSampler, inverse_transform
 from metalearn.learn.train import TrainConfig, TrainResult, meta_train
 from metalearn.represent.vectors import Vectors
 from metalearn.threads import limited
@@ -124,7 +124,9 @@ def train_learner(work: WorkDir, shards_dir: Path, learner: str, cfg: LearnerCon
     with limited():
         if hasattr(model, "meta_fit"):  # a closed-form statistic over every meta-train task, no loop
             tasks = sampler.tasks(S.META_TRAIN, min_rows=3)
-            model.meta_fit((t.x, t.y, vectors.mask_for(t.family) if vectors else None) for t in tasks)
+            # in the property's unit, as the head sees a support at evaluation and predict time
+            model.meta_fit((t.x, inverse_transform(t.y, t.transform), vectors.mask_for(t.family) if vectors else None)
+                           for t in tasks)
             result = TrainResult(steps=0, best_step=0, best_val_loss=float("nan"), stopped="meta_fit")
         elif not model.meta_trainable:  # a support-only head: nothing to meta-train, saved as configured
             result = TrainResult(steps=0, best_step=0, best_val_loss=float("nan"), stopped="support_only")

@@ -98,7 +98,11 @@ def test_cli_run_registered_a_champion_on_the_mlflow_server(servers, cli_run):
     assert run.data.tags["prefect.flow_run_id"] == flow_run["id"]
     assert champion.tags["promotion.decision"] == "promoted"
     experiments = [e.experiment_id for e in client.search_experiments()]
-    assert len(client.search_runs(experiments)) == 2  # one run per learner
+    runs = client.search_runs(experiments)
+    assert len(runs) == 4  # one run per registered regression learner
+    assert all(r.info.run_name.startswith("nightly-") for r in runs)  # named for what they are
+    # each MLflow run links back to its Prefect flow run's page on the server's UI
+    assert flow_run["id"] in run.data.tags["prefect.flow_run_url"]
     assert "champion" in cli_run["stdout"] and "promoted" in cli_run["stdout"]
 
 

@@ -79,7 +79,7 @@ def test_heads_follow_the_learner_protocol_and_are_fast():
 
 
 def test_meta_head_learns_weights_from_tasks_and_respects_masks():
-    from metalearn.learn.learners.transfer_heads import MetaTransferHead, feature_relevance
+    from metalearn.learn.learners.meta_transfer import MetaTransferHead, feature_relevance
 
     rng = np.random.default_rng(3)
     tasks = []
@@ -98,3 +98,39 @@ def test_meta_head_learns_weights_from_tasks_and_respects_masks():
     pred = clone.predict(clone.adapt(torch.tensor(tasks[0][0][:10]), torch.tensor(tasks[0][1][:10])),
                          torch.tensor(tasks[0][0][10:]))
     assert pred.mean.shape == (190,)
+
+
+def test_meta_learned_penalty_beats_loo_penalty_and_round_trips():
+    """Many weak features, 5-10 rows: LOO picks the penalty from the support and overfits it; the
+    episodes' choice (meta-train tasks of the same kind) predicts better on fresh tasks."""
+    from metalearn.learn.learners.meta_transfer import META_ALPHAS, MetaTransferHead
+    from metalearn.learn.learners.transfer_heads import alpha_for_k
+
+    rng = np.random.default_rng(4)
+
+    def task(n):
+        x = rng.normal(size=(n, 20))
+        return x, x[:, :6] @ rng.normal(0.4, 0.2, size=6) + rng.normal(size=n)
+
+    meta = MetaTransferHead(20).meta_fit([(*task(150), None) for _ in range(6)], ks=(5, 10), n_episodes=4)
+    by_k = meta.hyperparams["alpha_by_k"]
+    assert [k for k, _ in by_k] == [5, 10] and all(a in META_ALPHAS for _, a in by_k)
+    assert meta.alpha_loss_count_ == {5: 24, 10: 24}
+    assert np.isclose(alpha_for_k(by_k, 7), np.exp(np.interp(np.log(7), np.log([5, 10]), np.log([a for _, a in by_k]))))
+    assert alpha_for_k(by_k, 40) == by_k[-1][1] and alpha_for_k(by_k, 3) == by_k[0][1]
+    loo = MetaTransferHead(20, meta_alpha=False).meta_fit([(*task(150), None) for _ in range(6)])
+    assert loo.hyperparams["alpha_by_k"] is None and not loo.alpha_loss_sum_
+    scores = {"meta": [], "loo": []}
+    for _ in range(40):
+        x, y = task(110)
+        xs, ys, xq = torch.tensor(x[:8]), torch.tensor(y[:8]), torch.tensor(x[8:])
+        for name, head in (("meta", meta), ("loo", loo)):
+            scores[name].append(_mae_mad(head.predict(head.adapt(xs, ys), xq).mean.numpy(), y[8:]))
+    assert np.mean(scores["meta"]) < np.mean(scores["loo"])
+    clone = MetaTransferHead(20)
+    clone.load_state_dict(meta.state_dict())
+    assert clone.hyperparams["alpha_by_k"] == by_k and clone.fixed_alpha(10) == by_k[1][1]
+    np.testing.assert_array_equal(clone.alpha_loss_sum_[5], meta.alpha_loss_sum_[5])
+    # a plain head with a fixed penalty uses it for ridge and huber
+    head = TransferHead(20, head="ridge", alpha=3.0)
+    assert head.fixed_alpha(10) == 3.0 and TransferHead(20).fixed_alpha(10) is None

@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from metalearn.ingest.mp import MPIngestError
+from metalearn.ingest.stage import IngestConfig
 from tasks import ingest as ingest_tasks
 from tasks._common import artifact_key, manifest_cache_key, markdown_table
 from tasks.evaluate import summary_table
@@ -130,7 +131,7 @@ def test_mp_ingest_task_keeps_the_key_out_of_prefect(prefect_harness, tmp_path, 
 
         @flow
         def pull(workdir: str) -> dict:
-            return ingest_tasks.ingest_snapshot(workdir, "mp", {"mp_endpoint": server.url},
+            return ingest_tasks.ingest_snapshot(workdir, "mp", IngestConfig(mp_endpoint=server.url),
                                                 "mp-key-ingest-test")
 
         state = pull(str(tmp_path / "work"), return_state=True)
@@ -158,7 +159,7 @@ def test_unreachable_mp_is_retried_then_fails_with_the_cause(prefect_harness, tm
 
     @flow
     def pull(workdir: str) -> dict:
-        return retrying(workdir, "mp", {"mp_endpoint": endpoint}, None)
+        return retrying(workdir, "mp", IngestConfig(mp_endpoint=endpoint), None)
 
     state = pull(str(tmp_path / "work"), return_state=True)
     assert state.is_failed()

@@ -31,9 +31,10 @@ from metalearn.io import write_bytes_atomic
 from metalearn.learn.learners.base import Learner
 from metalearn.learn.learners.baselines import BASELINES
 from metalearn.learn.learners.maml import MAML, MAMLConfig
+from metalearn.learn.learners.meta_transfer import MetaTransferHead
 from metalearn.learn.learners.metric import MetricConfig, MetricGP
 from metalearn.learn.learners.protonet import ProtoNet, ProtoNetConfig
-from metalearn.learn.learners.transfer_heads import MetaTransferHead, TransferHead
+from metalearn.learn.learners.transfer_heads import TransferHead
 
 Builder = Callable[..., Learner]
 
