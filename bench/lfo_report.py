@@ -38,9 +38,9 @@ def markdown_report(scores: pd.DataFrame, primary: str, protocol: str, seconds: 
     per_task, per_family = tables(scores)
     learners = list(dict.fromkeys(scores["learner"]))
     out = [f"## Leave-family-out k-shot, protocol `{protocol}` (MAE/MAD, lower is better)", "",
-           f"command: `.venv/bin/python bench/leave_family_out.py {' '.join(argv)}`; "
+           (f"command: `.venv/bin/python bench/leave_family_out.py {' '.join(argv)}`; "
            f"{scores['dataset_id'].nunique()} tasks in {scores['family'].nunique()} families, "
-           f"{scores['draw'].nunique()} draws, wall {seconds / 60:.1f} min", ""]
+           f"{scores['draw'].nunique()} draws, wall {seconds / 60:.1f} min"), ""]
     for k in sorted(scores["k"].unique()):
         wide = per_family[per_family["k"] == k].pivot(index="family", columns="learner", values="mae_mad")[learners]
         n_tasks = per_task[per_task["k"] == k].groupby("family")["dataset_id"].nunique()
@@ -50,8 +50,8 @@ def markdown_report(scores: pd.DataFrame, primary: str, protocol: str, seconds: 
             best = row.min()
             cells = [f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in row]
             out.append(f"| {fam} | {n_tasks[fam]} | " + " | ".join(cells) + " |")
-        out += ["", f"| learner (k={k}) | median over families [95% CI] | median over tasks [95% CI] | "
-                "win vs rf | win vs median |", "|---|---|---|---:|---:|"]
+        out += ["", (f"| learner (k={k}) | median over families [95% CI] | median over tasks [95% CI] | "
+                "win vs rf | win vs median |"), "|---|---|---|---:|---:|"]
         task_wide = per_task[per_task["k"] == k].pivot(index="dataset_id", columns="learner", values="mae_mad")
         for name in learners:
             fam_vals, task_vals = wide[name].dropna().to_numpy(), task_wide[name].dropna().to_numpy()
