@@ -25,7 +25,7 @@ import pandas as pd
 
 from metalearn import io
 from metalearn.config import flatten
-from metalearn.evaluate.report import HIGHER_IS_BETTER, paired_comparison, per_task
+from metalearn.evaluate.report import HIGHER_IS_BETTER, UNIT_FREE, paired_comparison, per_task
 
 DRAW_KEYS = ["task_id", "setting", "k", "draw", "metric"]
 
@@ -53,6 +53,10 @@ class RegistryConfig:
     min_improvement: float = 0.01
     min_win_rate: float = 0.5
     baseline: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.metric not in UNIT_FREE:  # a median of raw MAE over properties would mix units
+            raise ValueError(f"registry.metric {self.metric!r} is not one of the unit-free metrics {sorted(UNIT_FREE)}")
 
 
 def eval_protocol(shards_hash: str, eval_config: Any) -> str:

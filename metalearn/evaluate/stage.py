@@ -120,7 +120,8 @@ def evaluate_learners(work: WorkDir, shards_dir: Path, checkpoints: dict[str, st
     summary = summarize(all_scores, baselines=compared)  # once: the report reuses it
     paths = write_report(all_scores, out, baselines=compared, summary=summary)
     result = {"scores_csv": str(paths["scores"]), "summary_md": str(paths["summary"]),
-              "plot_png": str(paths["kshot"]), "out_dir": str(out), "summary": summary_rows(summary)}
+              "plot_png": str(paths["kshot"]), "per_task_csv": str(paths["per_task"]), "out_dir": str(out),
+              "summary": summary_rows(summary)}
     io.write_json_atomic(out / RESULT, result)
     return {**result, "cached": False}
 
