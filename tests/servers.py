@@ -63,6 +63,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float, what: str,
+               interval: float = 0.3) -> None:
+    """Poll ``url`` until it answers 200; fail with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout} s: {log.read_text()[-3000:]}")
+        time.sleep(interval)
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    """SIGTERM by PID, then SIGKILL of its own session (the server and its workers only) after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 @contextmanager
 def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
     """``mlflow server`` on loopback (1 worker, no job executor), SQLite + proxied artifacts in ``root``.
@@ -84,27 +114,8 @@ def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                   f"{(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server not healthy after {timeout} s: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_ready(proc, f"{url}/health", root / "server.log", timeout, "mlflow server", interval=0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the server and its workers
-                proc.wait(timeout=10)
+        stop_session(proc)
         log.close()

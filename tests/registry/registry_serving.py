@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from servers import free_port
+from servers import free_port, stop_session, wait_ready
 
 
 @contextmanager
@@ -33,28 +31,10 @@ def model_server(model_uri: str, bin_dir: Path, env: dict[str, str], cwd: Path, 
             cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"mlflow models serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"{url}/ping", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"model server not up after {timeout} s: {log.read_text()[-3000:]}")
-                time.sleep(0.3)
+            wait_ready(proc, f"{url}/ping", log, timeout, "mlflow models serve")
             yield url
         finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            stop_session(proc)
 
 
 def invoke(url: str, payload: dict, timeout: float = 60.0) -> tuple[int, str]:

@@ -82,11 +82,12 @@ class SupportMean(_SupportOnly):
     """Predict the support mean (regression) or the support positive fraction (classification)."""
 
     name = "mean"
+    centre = staticmethod(np.mean)  # the support statistic predicted for every query row
 
     def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> tuple[float, float]:
         self._check(x_support, y_support)
         y = to_numpy(y_support)
-        return float(np.mean(y)), float(np.std(y))
+        return float(self.centre(y)), float(np.std(y))
 
     def predict(self, state: tuple[float, float], x_query: torch.Tensor) -> Prediction:
         mean, std = state
@@ -100,11 +101,7 @@ class SupportMedian(SupportMean):
     """Predict the support median: what minimises MAE when nothing else is known (heavy tails)."""
 
     name = "median"
-
-    def adapt(self, x_support: torch.Tensor, y_support: torch.Tensor) -> tuple[float, float]:
-        self._check(x_support, y_support)
-        y = to_numpy(y_support)
-        return float(np.median(y)), float(np.std(y))
+    centre = staticmethod(np.median)
 
 
 class KNNBaseline(_SupportOnly):
