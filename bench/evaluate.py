@@ -36,14 +36,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "META
 import argparse
 import importlib.util
 import math
-import multiprocessing as mp
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from competing_load import competing
 
 from metalearn import schema as S
 from metalearn.evaluate.protocol import EvalConfig, evaluate
@@ -70,26 +69,6 @@ def _reference():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.reference_evaluate
-
-
-def _spin() -> None:
-    while True:
-        pass
-
-
-@contextmanager
-def competing(n: int):
-    """``n`` busy-looping processes for the duration of the block."""
-    procs = [mp.Process(target=_spin, daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
 
 
 def prepare(root: Path, rows: int) -> tuple[Path, dict[str, str]]:

@@ -32,16 +32,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import multiprocessing as mp
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from competing_load import competing
 
 from metalearn.chemistry import parse_composition
 from metalearn.features import composition as ff
@@ -52,26 +51,6 @@ from metalearn.ingest.stage import IngestConfig, ingest
 from metalearn.io import read_manifest
 from metalearn.layout import WorkDir
 from metalearn.schema import FEATURES_FILE, FORMULA
-
-
-def _spin() -> None:
-    while True:
-        pass
-
-
-@contextmanager
-def competing(n: int):
-    """``n`` busy-looping processes for the duration of the block."""
-    procs = [mp.Process(target=_spin, daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
 
 
 def distinct_formulas(snapshot: Path) -> list[str]:

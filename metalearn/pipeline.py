@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 SOURCES_AUTO = ("auto", "bundled", "mp")
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil")
 METRIC_LEARNERS = ("metric",)
-CLASSIFIER_LEARNERS = ("protonet",)
+CLASSIFIER_LEARNERS = ("protonet", "protonet_rep")  # protonet_rep: ProtoNet on the representation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +135,10 @@ class RunConfig:
             raise ValueError("set the source with the `source` parameter, not inside `ingest`")
         if self.classifier_learner not in (None, *CLASSIFIER_LEARNERS):
             raise ValueError(f"classifier_learner {self.classifier_learner!r} is not one of {CLASSIFIER_LEARNERS}")
-        bad = sorted(set(self.transfer_learners) - REPRESENTATION_LEARNERS)
+        bad = sorted(set(self.transfer_learners) - REPRESENTATION_LEARNERS | set(CLASSIFIER_LEARNERS) & set(self.transfer_learners))
         if bad:
-            raise ValueError(f"transfer_learners {bad} are not heads on the representation; valid: "
-                             f"{sorted(REPRESENTATION_LEARNERS)}")
+            raise ValueError(f"transfer_learners {bad} are not regression learners on the representation; valid: "
+                             f"{sorted(REPRESENTATION_LEARNERS - set(CLASSIFIER_LEARNERS))}")
         unknown = sorted(set(self.hyperparams) - set(self.learners))
         if unknown:
             raise ValueError(f"hyperparams given for {unknown}, which this run does not train {self.learners}")

@@ -64,6 +64,7 @@ def register(shards_dir: str, trained: dict[str, dict[str, Any]], evaluation: di
         raise ValueError(f"no regression learner among {sorted(trained)}; the model needs one")
     candidate, selection = choose_candidate(evaluation["summary"], regressors, cfg)
     classifier = trained[classifiers[0]]["checkpoint"] if classifiers else None
+    classifier_vectors = trained[classifiers[0]].get("vectors") if classifiers else None
     reports = [evaluation[k] for k in ("summary_md", "plot_png") if evaluation.get(k)]
     tags = _prefect_tags()
     runs: dict[str, dict[str, Any]] = {}
@@ -75,13 +76,18 @@ def register(shards_dir: str, trained: dict[str, dict[str, Any]], evaluation: di
             history=result["history"], metrics=result.get("metrics"), scores=evaluation["scores_csv"],
             scores_learner=name, report_files=reports, manifests=manifests, cfg=cfg,
             register=name == candidate, run_name=run_name(name), tags=tags,
-            representation=Path(result["vectors"]).parent if result.get("vectors") else None)
+            representation=_representation(result.get("vectors") or classifier_vectors))
         logger.info("MLflow run %s for %s%s", runs[name]["run_id"], name,
                     f" -> {cfg.model_name} version {runs[name]['version']}" if name == candidate else "")
     result = {"candidate": candidate, "selection": selection, **runs[candidate], "runs": runs,
               "registry": to_jsonable(cfg)}
     publish_run(result)
     return stamp(result)
+
+
+def _representation(vectors_dir: str | None) -> Path | None:
+    """The representation directory a model must carry when its regressor or classifier reads vectors."""
+    return Path(vectors_dir).parent if vectors_dir else None
 
 
 def run_name(learner: str) -> str:

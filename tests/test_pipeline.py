@@ -61,6 +61,8 @@ def test_deep_merge_keeps_sibling_keys():
     ({"registry": {"tracking_uri": "x"}}, "MLFLOW_TRACKING_URI"),
     ({"hyperparams": {"maml": {}}}, "does not train"),
     ({"promote": "yes"}, "RunConfig.promote must be bool"),
+    ({"transfer_learners": ["fomaml"]}, "not regression learners on the representation"),
+    ({"transfer_learners": ["protonet_rep"]}, "not regression learners on the representation"),
     ({"ingest": []}, "RunConfig.ingest must be dict"),
 ])
 def test_run_config_rejects_bad_parameters(params, message):
@@ -85,6 +87,12 @@ def test_run_config_rejects_bad_parameters(params, message):
 def test_bad_stage_settings_fail_before_any_work_naming_the_parameter(params, message):
     with pytest.raises(ValueError, match=message):
         resolve_stages(RunConfig.from_params(params))
+
+
+def test_meta_learners_on_the_representation_are_selectable():
+    run = RunConfig.from_params({"transfer_learners": ["meta_transfer", "fomaml_rep", "metric_rep"],
+                                 "classifier_learner": "protonet_rep"})
+    assert {"fomaml_rep", "metric_rep", "protonet_rep"} <= set(resolve_stages(run).learners)
 
 
 def test_classifier_null_means_no_classifier():

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from metalearn.evaluate.score_cache import Entries, ScoreCache
 from metalearn.learn.learners.base import Learner
@@ -138,6 +137,9 @@ def classification_metrics(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         return {"roc_auc": float("nan"), "delta_auprc": float("nan")}
+    # deferred: importing scikit-learn costs ~1.5 s, which a nightly served from cache never needs
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     return {
         "roc_auc": float(roc_auc_score(y, prob)),
         "delta_auprc": float(average_precision_score(y, prob) - y.mean()),

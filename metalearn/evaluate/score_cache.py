@@ -35,11 +35,11 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 import torch
 
 from metalearn import io
@@ -91,7 +91,7 @@ def code_hash(module_name: str) -> str:
         return ""
 
 
-_VERSIONS = {"numpy": np.__version__, "torch": torch.__version__, "sklearn": sklearn.__version__}
+_VERSIONS = {"numpy": np.__version__, "torch": torch.__version__, "sklearn": version("scikit-learn")}  # metadata: importing sklearn costs ~1.5 s
 
 
 def _plain(obj: Any) -> Any:

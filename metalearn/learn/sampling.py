@@ -190,10 +190,22 @@ class TaskSampler:
     def n_features(self) -> int:
         return self.vectors.n_features if self.vectors is not None else len(self.feature_names)
 
-    def _inputs(self, part) -> np.ndarray:
-        """(n, F) float32 inputs of a task's rows: representation vectors, or standardised features."""
+    def _inputs(self, part, family: str, split: str) -> np.ndarray:
+        """(n, F) float32 inputs of a task's rows: representation vectors, or standardised features.
+
+        On meta-train and meta-val tasks, representation columns of the task's own family are
+        zeroed (the standardised mean), as ``meta_fit`` does: a member of the task's own property
+        would predict it, and a new property never has one, so nothing meta-trained on these
+        episodes may learn to lean on it. Meta-test inputs are what a consumer's formulas get:
+        a meta-test-property family has no member (the leakage rule), and a meta-test-chemistry
+        task keeps its family's member, fitted without its materials."""
         if self.vectors is not None:
-            return self.vectors.matrix(part[S.REDUCED_FORMULA].to_numpy())
+            x = self.vectors.matrix(part[S.REDUCED_FORMULA].to_numpy())
+            own = ~self.vectors.mask_for(family) if split in (S.META_TRAIN, S.META_VAL) else None
+            if own is not None and own.any():
+                x = x.copy()
+                x[:, own] = 0.0
+            return x
         x = (part[self.feature_names].to_numpy(np.float64) - self._mean) / self._std
         return np.nan_to_num(x, nan=0.0).astype(np.float32)
 
@@ -206,7 +218,7 @@ class TaskSampler:
             for meta in sel.itertuples(index=False):
                 part = rows[rows[S.TASK_KEY] == meta.task_key].sort_values(S.RECORD_ID)
                 built.append(Task(
-                    task_id=meta.task_id, x=self._inputs(part),
+                    task_id=meta.task_id, x=self._inputs(part, meta.family, split),
                     y=part["y"].to_numpy(np.float64), task_type=meta.task_type, unit=meta.unit,
                     transform=meta.transform, family=meta.family, group=meta.group, split=split,
                     formulas=tuple(part["formula"]),

@@ -25,7 +25,7 @@ from metalearn.learn.train import TrainConfig, TrainResult, meta_train
 from metalearn.represent.vectors import Vectors
 from metalearn.threads import limited
 
-CLASSIFICATION_LEARNERS = ("protonet",)
+CLASSIFICATION_LEARNERS = ("protonet", "protonet_rep")
 RESULT = "result.json"
 LEARNER_FILE = "learner.pt"
 HISTORY_FILE = "history.json"

@@ -51,6 +51,11 @@ def _load_cpu(path: str | Path) -> Any:
     return load_learner(path, trusted=True, **({"device": "cpu"} if "device" in hyper else {}))
 
 
+def reads_representation(learner: Any) -> bool:
+    """Whether ``learner`` reads the transfer representation's vectors (heads, ``<meta-learner>_rep``)."""
+    return bool(getattr(learner, "reads_representation", False))
+
+
 def support_stats64(y: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Mean, std (ddof 0, floored) and the normalised targets of a support set, in float64.
 
@@ -139,9 +144,10 @@ class Predictor:
                  featurizer: CarriedFeaturizer | None = None, representation: Any | None = None) -> None:
         self.regressor, self.classifier, self.featurizer = regressor, classifier, featurizer
         self.representation = representation
-        if getattr(regressor, "wants_raw_targets", False) and representation is None:
-            raise ValueError(f"regressor {regressor.name!r} reads the transfer representation, which the model "
-                             "does not carry")
+        for role, learner in (("regressor", regressor), ("classifier", classifier)):
+            if reads_representation(learner) and representation is None:
+                raise ValueError(f"{role} {learner.name!r} reads the transfer representation, which the model "
+                                 "does not carry")
         self.feature_names: list[str] = feature_stats["feature"].tolist()
         self.mean_ = feature_stats["mean"].to_numpy(np.float64)
         self.std_ = feature_stats["std"].to_numpy(np.float64)
@@ -228,7 +234,7 @@ class Predictor:
     def inputs(self, learner: Any, formulas: Sequence[str], cifs: Sequence[str | None] | None = None,
                where: Where | None = None) -> np.ndarray:
         """What ``learner`` reads for these rows: its representation vectors, or the standardised features."""
-        if not getattr(learner, "wants_raw_targets", False):
+        if not reads_representation(learner):
             return self.features(formulas, cifs, where)
         where = where or (lambda i: f"row {i + 1} (1-based)")
         distinct = list(dict.fromkeys(formulas))

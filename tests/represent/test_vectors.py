@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from metalearn import schema as S
 from metalearn.ingest.snapshot import read_table
 from metalearn.layout import WorkDir
+from metalearn.learn.learners import load_learner
 from metalearn.learn.sampling import TaskSampler
+from metalearn.learn.stage import LearnerConfig, train_learner, uses_representation
 from metalearn.represent.rows import MATERIAL_KEY, training_rows
 from metalearn.represent.transfer import TransferConfig, TransferRepresentation
 from metalearn.represent.vectors import Vectors, leakage_rule, represent_shards, snapshot_of_shards
-from metalearn.shards.store import read_index
+from metalearn.shards.store import read_index, read_task_rows
 
 SMALL = TransferConfig(n_estimators=15, n_folds=3, max_rows_per_dataset=400, min_member_rows=30)
 
@@ -62,3 +65,51 @@ def test_a_rerun_loads_instead_of_fitting(small_shards, represented):
     work, snapshot, out = represented
     again = represent_shards(work, snapshot, small_shards, SMALL)
     assert not again.created and again.key == out.key and again.vectors_dir == out.vectors_dir
+
+
+def test_meta_train_inputs_hide_the_own_family_member_and_meta_test_inputs_are_untouched(small_shards, represented):
+    _, _, out = represented
+    vectors = Vectors.load(out.vectors_dir)
+    sampler = TaskSampler(small_shards, 3, 3, 2, task_type="regression", vectors=vectors)
+    seen = 0
+    for split in S.SPLITS:
+        for task in sampler.tasks(split, 1):
+            raw = vectors.matrix([reduced for reduced in _reduced(small_shards, task)])
+            own = ~vectors.mask_for(task.family)
+            if split in (S.META_TRAIN, S.META_VAL):
+                assert (task.x[:, own] == 0).all()
+                seen += int(own.any() and (raw[:, own] != 0).any())
+            else:
+                np.testing.assert_array_equal(task.x, raw)
+            np.testing.assert_array_equal(task.x[:, ~own], raw[:, ~own])
+    assert seen  # some meta-train task really had its own member's column, now zeroed
+
+
+def _reduced(shards, task):
+    """The reduced formulas of a task's rows, in the sampler's row order."""
+    index = read_index(shards)
+    key = index.loc[index[S.TASK_ID] == task.task_id, S.TASK_KEY].iloc[0]
+    rows = read_task_rows(shards, [key])
+    return rows[rows[S.TASK_KEY] == key].sort_values(S.RECORD_ID)[S.REDUCED_FORMULA].tolist()
+
+
+@pytest.mark.parametrize("learner, task_type", [("fomaml_rep", "regression"), ("anil_rep", "regression"),
+                                                ("metric_rep", "regression"), ("protonet_rep", "classification")])
+def test_meta_learners_train_on_the_vectors_and_reload_under_their_name(small_shards, represented, tmp_path,
+                                                                        learner, task_type):
+    _, _, out = represented
+    cfg = LearnerConfig.from_params({"n_support": 5, "n_query": 7, "max_steps": 4, "meta_batch_size": 2,
+                                     "eval_every": 2, "n_val_batches": 1})
+    with pytest.raises(ValueError, match="transfer representation"):
+        train_learner(WorkDir.resolve(tmp_path), small_shards, learner, cfg)
+    result = train_learner(WorkDir.resolve(tmp_path), small_shards, learner, cfg, vectors_dir=out.vectors_dir)
+    vectors = Vectors.load(out.vectors_dir)
+    assert result["task_type"] == task_type and result["n_features"] == vectors.n_features
+    assert result["metrics"]["steps"] == 4 and result["vectors"] == str(out.vectors_dir)
+    model = load_learner(result["checkpoint"])
+    assert model.name == learner and uses_representation(model.name)
+    task = TaskSampler(small_shards, 5, 7, 1, task_type=task_type, vectors=vectors).tasks(S.META_TRAIN, 12)[0]
+    x = torch.from_numpy(task.x)
+    y = torch.from_numpy(task.y.astype(np.float32))
+    prediction = model.predict(model.adapt(x[:5], y[:5]), x[5:12]).mean
+    assert prediction.shape == (7,) and torch.isfinite(prediction).all()

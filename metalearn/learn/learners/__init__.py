@@ -73,6 +73,24 @@ class Head:
         return self.cls(n_features, task_type, **{**overrides, **self.pinned})
 
 
+@dataclass(frozen=True)
+class OnRepresentation:
+    """A meta-learner of the composition features, fed the transfer representation's vectors instead.
+
+    Why: the issue's question "does MAML/ANIL/ProtoNet/the metric GP gain from the representation as
+    the heads do?" needs the same learners on the other input; the name (``<base>_rep``) is what
+    routes the vectors to it in training, evaluation and predict.
+    """
+
+    base: str
+
+    def __call__(self, n_features: int, task_type: str, **overrides: Any) -> Learner:
+        learner = LEARNERS[self.base](n_features, task_type, **overrides)
+        learner.name = f"{self.base}_rep"  # saved under this name, so load_learner rebuilds this wrapper
+        learner.reads_representation = True  # what a Predictor feeds it: the vectors, not the features
+        return learner
+
+
 LEARNERS: dict[str, Builder] = {
     "maml": Preset(MAML, MAMLConfig, "maml", {"variant": "maml", "first_order": False}),
     "fomaml": Preset(MAML, MAMLConfig, "fomaml", {"variant": "maml", "first_order": True}),
@@ -84,10 +102,12 @@ LEARNERS: dict[str, Builder] = {
     # Few-shot heads on the transfer representation (inputs: metalearn.represent vectors).
     **{f"transfer_{head}": Head(TransferHead, {"head": head}) for head in ("ridge", "huber", "gp", "knn", "auto")},
     "meta_transfer": Head(MetaTransferHead, {}),
+    # The meta-learners on the representation (the evaluation's RF on it is the baseline "rf_rep").
+    **{f"{base}_rep": OnRepresentation(base) for base in ("fomaml", "anil", "protonet", "metric")},
 }
 
 # Learners whose inputs are the transfer representation's vectors, not the composition features.
-REPRESENTATION_LEARNERS = frozenset(name for name, b in LEARNERS.items() if isinstance(b, Head))
+REPRESENTATION_LEARNERS = frozenset(name for name, b in LEARNERS.items() if isinstance(b, (Head, OnRepresentation)))
 
 
 def _builder(name: str) -> Builder:
@@ -112,6 +132,8 @@ def check_hyperparams(name: str, hyperparams: dict[str, Any]) -> None:
         ValueError for an unknown name or a bad value; TypeError for an unknown key.
     """
     builder = _builder(name)
+    if isinstance(builder, OnRepresentation):
+        builder = LEARNERS[builder.base]  # same hyperparameters as the learner it wraps
     if isinstance(builder, Preset):
         builder.make_config(dict(hyperparams))
     else:

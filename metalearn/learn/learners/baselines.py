@@ -135,6 +135,9 @@ class KNNBaseline(_SupportOnly):
 class RandomForestBaseline(_SupportOnly):
     """scikit-learn random forest on the support rows; regression std is the spread over trees.
 
+    Regression forests are built by :func:`~metalearn.learn.learners.forest.fit_forest`: the
+    trees ``RandomForestRegressor`` builds, bit for bit, at a tenth of its cost per episode.
+
     n_support=1 and single-class supports cannot split, so they predict the support constant.
     """
 
@@ -163,10 +166,16 @@ class RandomForestBaseline(_SupportOnly):
         x, y = to_numpy(x_support), to_numpy(y_support)
         if len(np.unique(y)) < 2:  # nothing to split on: the constant is the exact fit
             return float(y[0])
+        h = self.hyperparams
+        if self.task_type == "regression":
+            from metalearn.learn.learners.forest import fit_forest  # deferred: imports scikit-learn
+
+            forest = fit_forest(x, y, h["n_estimators"], h["seed"], h["min_samples_leaf"], h["max_features"])
+            if forest is not None:  # the same trees as the estimator below, without its overhead
+                return forest
         # deferred: see the module docstring
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-        h = self.hyperparams
         cls = RandomForestRegressor if self.task_type == "regression" else RandomForestClassifier
         model = cls(
             n_estimators=h["n_estimators"],
@@ -186,7 +195,10 @@ class RandomForestBaseline(_SupportOnly):
         if self.task_type == "classification":
             proba = state.predict_proba(x)[:, list(state.classes_).index(1)]
             return Prediction(mean=torch.as_tensor(proba, dtype=torch.float32, device=device))
-        per_tree = np.stack([tree.predict(x) for tree in state.estimators_])  # (n_estimators, n_query)
+        if hasattr(state, "predict_per_tree"):  # a FittedForest
+            per_tree = state.predict_per_tree(x)
+        else:
+            per_tree = np.stack([tree.predict(x) for tree in state.estimators_])  # (n_estimators, n_query)
         return Prediction(
             mean=torch.as_tensor(per_tree.mean(0), dtype=torch.float32, device=device),
             std=torch.as_tensor(per_tree.std(0), dtype=torch.float32, device=device),

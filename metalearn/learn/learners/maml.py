@@ -111,9 +111,16 @@ class MAML:
 
     @property
     def name(self) -> str:
+        """The preset's name (``fomaml``, ``anil``, ...), unless a wrapper renamed it (``fomaml_rep``)."""
+        if getattr(self, "_renamed", None):
+            return self._renamed
         if self.cfg.variant == "maml":
             return "fomaml" if self.cfg.first_order else "maml"
         return self.cfg.variant
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._renamed = value
 
     def _kwargs(self) -> dict[str, Any]:
         return {
