@@ -32,9 +32,9 @@ from metalearn import schema as S
 from metalearn.evaluate.protocol import EvalConfig, evaluate
 from metalearn.evaluate.report import per_task, summarize
 from metalearn.layout import WorkDir
-from metalearn.learn.learners import build_learner, load_learner
+from metalearn.learn.learners import build_learner, load_learner, uses_representation
 from metalearn.learn.sampling import TaskSampler
-from metalearn.learn.stage import LearnerConfig, train_learner, uses_representation
+from metalearn.learn.stage import LearnerConfig, train_learner
 from metalearn.pipeline import PROFILES
 from metalearn.represent.vectors import VECTORS_FILE, Vectors
 from metalearn.threads import limited

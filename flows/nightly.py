@@ -40,7 +40,7 @@ from flows.slots import NIGHTLY_WAIT_S, nightly_slot
 from metalearn.config import from_dict
 from metalearn.features.plan import FeaturizeConfig
 from metalearn.layout import WorkDir
-from metalearn.learn.stage import uses_representation
+from metalearn.learn.learners import uses_representation
 from metalearn.pipeline import RunConfig, Stages, resolve_stages
 from metalearn.represent.vectors import snapshot_of_shards
 from metalearn.shards.store import latest_shards

@@ -20,9 +20,9 @@ from metalearn.config import to_jsonable
 from metalearn.evaluate.protocol import EvalConfig, evaluate, n_episodes
 from metalearn.evaluate.report import summarize, write_report
 from metalearn.layout import WorkDir
-from metalearn.learn.learners import build_learner, load_learner
+from metalearn.learn.learners import build_learner, load_learner, uses_representation
 from metalearn.learn.sampling import TaskSampler
-from metalearn.learn.stage import RESULT, uses_representation
+from metalearn.learn.stage import RESULT
 from metalearn.represent.vectors import Vectors
 
 REGRESSION_BASELINES = ("mean", "median", "knn", "rf", "mlp")

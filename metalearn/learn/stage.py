@@ -19,7 +19,7 @@ from metalearn import io
 from metalearn import schema as S
 from metalearn.config import from_dict, to_jsonable
 from metalearn.layout import WorkDir
-from metalearn.learn.learners import REPRESENTATION_LEARNERS, build_learner, save_learner
+from metalearn.learn.learners import build_learner, save_learner, uses_representation
 from metalearn.learn.sampling import TaskSampler, inverse_transform
 from metalearn.learn.train import TrainConfig, TrainResult, meta_train
 from metalearn.represent.vectors import Vectors
@@ -74,11 +74,6 @@ def model_dir(work: WorkDir, shards_dir: Path, learner: str, cfg: LearnerConfig,
     shards_hash = io.read_manifest(Path(shards_dir)).content_hash[:12]
     suffix = f"-{io.read_manifest(Path(vectors_dir)).content_hash[:8]}" if vectors_dir else ""
     return work.models(shards_hash) / f"{learner}-{cfg.cache_key(learner)}{suffix}"
-
-
-def uses_representation(learner: str) -> bool:
-    """Whether ``learner`` reads the transfer representation's vectors instead of composition features."""
-    return learner in REPRESENTATION_LEARNERS
 
 
 class _ValFallback:

@@ -53,7 +53,11 @@ def _load_cpu(path: str | Path) -> Any:
 
 def reads_representation(learner: Any) -> bool:
     """Whether ``learner`` reads the transfer representation's vectors (heads, ``<meta-learner>_rep``)."""
-    return bool(getattr(learner, "reads_representation", False))
+    if learner is None:
+        return False
+    from metalearn.learn.learners import uses_representation  # deferred: torch, as in _load_cpu
+
+    return uses_representation(learner.name)
 
 
 def support_stats64(y: np.ndarray) -> tuple[float, float, np.ndarray]:

@@ -10,9 +10,9 @@ import torch
 from metalearn import schema as S
 from metalearn.ingest.snapshot import read_table
 from metalearn.layout import WorkDir
-from metalearn.learn.learners import load_learner
+from metalearn.learn.learners import load_learner, uses_representation
 from metalearn.learn.sampling import TaskSampler
-from metalearn.learn.stage import LearnerConfig, train_learner, uses_representation
+from metalearn.learn.stage import LearnerConfig, train_learner
 from metalearn.represent.rows import MATERIAL_KEY, training_rows
 from metalearn.represent.transfer import TransferConfig, TransferRepresentation
 from metalearn.represent.vectors import Vectors, leakage_rule, represent_shards, snapshot_of_shards

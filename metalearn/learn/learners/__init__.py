@@ -86,8 +86,7 @@ class OnRepresentation:
 
     def __call__(self, n_features: int, task_type: str, **overrides: Any) -> Learner:
         learner = LEARNERS[self.base](n_features, task_type, **overrides)
-        learner.name = f"{self.base}_rep"  # saved under this name, so load_learner rebuilds this wrapper
-        learner.reads_representation = True  # what a Predictor feeds it: the vectors, not the features
+        learner.name = f"{self.base}_rep"  # saved and routed by this name: load_learner rebuilds the wrapper
         return learner
 
 
@@ -108,6 +107,11 @@ LEARNERS: dict[str, Builder] = {
 
 # Learners whose inputs are the transfer representation's vectors, not the composition features.
 REPRESENTATION_LEARNERS = frozenset(name for name, b in LEARNERS.items() if isinstance(b, (Head, OnRepresentation)))
+
+
+def uses_representation(learner: str) -> bool:
+    """Whether ``learner`` reads the transfer representation's vectors instead of composition features."""
+    return learner in REPRESENTATION_LEARNERS
 
 
 def _builder(name: str) -> Builder:

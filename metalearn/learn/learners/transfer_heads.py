@@ -222,7 +222,6 @@ class TransferHead:
 
     meta_trainable = False
     wants_raw_targets = True
-    reads_representation = True  # its inputs are the transfer representation's vectors
 
     def __init__(self, n_features: int, task_type: str = "regression", head: str = "auto",
                  candidates: tuple[str, ...] = ("ridge", "huber", "gp", "knn", "median"), ensemble: int = 1,
